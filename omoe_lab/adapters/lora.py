@@ -1,0 +1,92 @@
+"""LoRA, stored the way every mixture here stores its experts: batched over an expert axis."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .config import AdapterConfig
+
+
+def linear_shape(module: nn.Module) -> tuple[int, int]:
+    """``(d_in, d_out)`` of an ``nn.Linear`` or a transformers ``Conv1D`` (GPT-2's transposed linear)."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    if type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None:
+        d_in, d_out = module.weight.shape
+        return d_in, d_out
+    raise TypeError(f"adapters wrap nn.Linear (or transformers Conv1D), not {type(module).__name__}")
+
+
+class LoRALinear(nn.Module):
+    """``y = W0 x + s · Σ_i w_i B_i A_i x`` over E rank-r experts; plain LoRA is E = 1, w = 1.
+
+    Parameters are batched and plainly named: ``lora_A`` [E, r, d_in], ``lora_B`` [E, d_out, r],
+    ``scaling`` = alpha / r. The frozen ``base_layer`` is kept unmodified. Subclasses only change
+    the mixing weights ``w`` (a router for MoE-LoRA, Gram–Schmidt for OMoE); the expensive work
+    is always two matmuls of a rank-(E·r) LoRA.
+    """
+
+    method = "lora"
+
+    def __init__(self, base_layer: nn.Module, config: AdapterConfig, num_experts: int = 1, layer_index: int | None = None):
+        super().__init__()
+        d_in, d_out = linear_shape(base_layer)
+        if config.rank > min(d_in, d_out):
+            raise ValueError(
+                f"rank={config.rank} exceeds min(d_in, d_out) = {min(d_in, d_out)} of this layer; "
+                "choose a smaller rank"
+            )
+        self.base_layer = base_layer
+        self.config = config
+        self.num_experts, self.rank, self.scaling = num_experts, config.rank, config.scaling
+        self.in_features, self.out_features = d_in, d_out
+        self.layer_index = layer_index
+        device = next(base_layer.parameters()).device
+        self.lora_A = nn.Parameter(torch.empty(num_experts, config.rank, d_in, device=device))
+        self.lora_B = nn.Parameter(torch.empty(num_experts, d_out, config.rank, device=device))
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """A ~ U(±1/√d_in) (Kaiming-uniform, as in LoRA); B = 0, so the adapter starts at zero."""
+        bound = 1.0 / math.sqrt(self.in_features)
+        nn.init.uniform_(self.lora_A, -bound, bound)
+        nn.init.zeros_(self.lora_B)
+
+    # --- the maths, per token -------------------------------------------------------------
+    def expert_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """``a_i = A_i x``: [..., d_in] → [..., E, r]."""
+        return torch.einsum("...d,erd->...er", x.to(self.lora_A.dtype), self.lora_A)
+
+    def route(self, x: torch.Tensor) -> torch.Tensor:
+        """Gates [..., E]; a single LoRA always uses its one expert."""
+        return torch.ones(*x.shape[:-1], self.num_experts, device=x.device)
+
+    def expert_outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw expert outputs ``e_i = B_i A_i x``: [..., E, d_out] (materialized: analysis only)."""
+        return torch.einsum("...er,eor->...eo", self.expert_inputs(x), self.lora_B)
+
+    def mixing_weights(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor | None:
+        """Per-token weights w [..., E] of the experts in the output (None: all ones)."""
+        return None
+
+    def adapter_output(self, x: torch.Tensor) -> torch.Tensor:
+        """The added term ``s · Σ_i w_i B_i a_i`` = ``s · B_cat (w ⊙ a)``, without forming any e_i."""
+        x = self.dropout(x.to(self.lora_A.dtype))
+        a = self.expert_inputs(x)
+        weights = self.mixing_weights(x, a)
+        if weights is not None:
+            a = a * weights.to(a.dtype).unsqueeze(-1)
+        return self.scaling * torch.einsum("...er,eor->...o", a, self.lora_B)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        result = self.base_layer(x, *args, **kwargs)
+        return result + self.adapter_output(x).to(result.dtype)
+
+    def extra_repr(self) -> str:
+        return (
+            f"method={self.method}, in={self.in_features}, out={self.out_features}, "
+            f"experts={self.num_experts}, rank={self.rank}, scaling={self.scaling:g}"
+        )

@@ -1,0 +1,129 @@
+"""Gram–Schmidt over expert outputs, twice: the readable reference and the rank-space fast path.
+
+For the active experts in index order (OMOE_SPEC §3),
+
+    u_k = e_k − Σ_{j<k} ⟨e_k, q̂_j⟩ q̂_j,        q̂_k = u_k / ‖u_k‖,
+
+and the mode decides what each expert contributes:
+``"stiefel"`` ``q_k = q̂_k``; ``"orthogonal"`` ``q_k = u_k``; ``"norm_preserving"`` ``q_k = ‖e_k‖ q̂_k``.
+
+Redundant experts. An expert with ``‖u_k‖ ≤ tol·‖e_k‖`` (zero, duplicated, or in the span of the
+experts before it) has no direction of its own: it gets ``q̂_k = 0`` and contributes nothing.
+An additive ``u/(‖u‖+eps)`` would instead turn float round-off into a vector of arbitrary length
+and direction, which is neither orthonormal nor small.
+"""
+from __future__ import annotations
+
+import torch
+
+MODES = ("stiefel", "orthogonal", "norm_preserving")
+
+
+def gram_schmidt(
+    vectors: torch.Tensor,
+    active: torch.Tensor | None = None,
+    mode: str = "stiefel",
+    tol: float = 1e-4,
+) -> torch.Tensor:
+    """Reference Gram–Schmidt on materialized vectors [..., E, d] → q [..., E, d].
+
+    Classical Gram–Schmidt with one re-orthogonalization ("twice is enough": the second pass
+    removes what round-off left along earlier directions, so near-collinear experts still give
+    orthonormal columns). Inactive experts (``active`` [..., E] False) are skipped: zero output,
+    no influence on later experts. This is the slow, readable definition the fast path is tested
+    against; it loops over experts and holds every ``e_k``.
+    """
+    _check_mode(mode)
+    num_experts = vectors.shape[-2]
+    if active is None:
+        active = torch.ones(vectors.shape[:-1], dtype=torch.bool, device=vectors.device)
+    directions: list[torch.Tensor] = []  # the unit q̂_j, zero for skipped experts
+    outputs = []
+    for k in range(num_experts):
+        e_k = vectors[..., k, :]
+        u = e_k
+        for _ in range(2):
+            for q_hat in directions:
+                u = u - (u * q_hat).sum(-1, keepdim=True) * q_hat
+        norm_u = u.norm(dim=-1, keepdim=True)
+        norm_e = e_k.norm(dim=-1, keepdim=True)
+        live = active[..., k : k + 1] & (norm_u > tol * norm_e)
+        q_hat = torch.where(live, u / torch.where(live, norm_u, 1.0), 0.0)
+        directions.append(q_hat)
+        scale = {"stiefel": 1.0, "orthogonal": norm_u, "norm_preserving": norm_e}[mode]
+        outputs.append(q_hat * scale)
+    return torch.stack(outputs, dim=-2)
+
+
+def expert_gram(a: torch.Tensor, lora_B: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Gram matrix of the expert outputs, computed in rank space: [N, E, r] → [N, E, E].
+
+    ``G_ij = e_iᵀ e_j = a_iᵀ (B_iᵀ B_j) a_j`` with ``a_i = A_i x`` and ``e_i = B_i a_i``.
+    ``M = B_catᵀ B_cat`` ((E·r)²) is built once per call from the weights; per token the Gram
+    costs O(E²·r²) instead of the O(E·r·d_out) of materializing the experts.
+    Float64 by default: the Gram squares the experts' condition number, and its rounding error is
+    what limits how well the implicit columns are orthonormal (it is a tiny tensor).
+    """
+    num_experts, d_out, rank = lora_B.shape
+    b_cat = lora_B.to(dtype).permute(1, 0, 2).reshape(d_out, num_experts * rank)
+    metric = (b_cat.T @ b_cat).view(num_experts, rank, num_experts, rank)
+    a = a.to(dtype)
+    metric_a = torch.einsum("nei,eifj->nefj", a, metric)  # [N, E, E, r]: (B_eᵀ B_f) a_f per pair
+    return torch.einsum("nefj,nfj->nef", metric_a, a)
+
+
+def gram_schmidt_weights(
+    gram: torch.Tensor,
+    gates: torch.Tensor,
+    active: torch.Tensor,
+    mode: str = "stiefel",
+    tol: float = 1e-4,
+) -> torch.Tensor:
+    """Weights ``w`` [N, E] with ``Σ_k g_k q_k = Σ_j w_j e_j``, from the Gram matrix alone.
+
+    Gram–Schmidt in index order is the Cholesky factorization of the Gram matrix: with the
+    cosine matrix ``C = D^{-1/2} G D^{-1/2} = L Lᵀ`` (``D = diag G``, ``L`` lower triangular),
+    ``Q̂ = E D^{-1/2} L^{-T}`` has orthonormal columns and ``q̂_k`` is built from ``e_1..e_k``.
+    ``L_kk = ‖u_k‖/‖e_k‖`` is each expert's relative residual, so
+
+    1. factor ``C + δI`` (inactive experts replaced by identity rows) and call expert k
+       redundant when ``L_kk ≤ tol`` (``δ`` keeps exact duplicates factorizable);
+    2. factor ``C`` again without the redundant experts, and solve
+       ``w = D^{-1/2} L^{-T} (g ⊙ scale)`` with scale 1 (stiefel), ``L_kk ‖e_k‖`` (orthogonal)
+       or ``‖e_k‖`` (norm_preserving).
+
+    Batched over tokens, no Python loop over experts, no host synchronization.
+    """
+    _check_mode(mode)
+    num_experts = gram.shape[-1]
+    eye = torch.eye(num_experts, dtype=gram.dtype, device=gram.device)
+    # round-off in the factorization is ~eps(dtype); the jitter and threshold must sit above it
+    jitter = max((tol / 10) ** 2, 100 * torch.finfo(gram.dtype).eps)
+    tol = max(tol, 10 * jitter**0.5)
+
+    squared_norms = gram.diagonal(dim1=-2, dim2=-1)
+    nonzero = active & (squared_norms > 0)
+    inv_norm = torch.where(nonzero, torch.where(nonzero, squared_norms, 1.0).rsqrt(), 0.0)
+    cosines = gram * inv_norm[..., :, None] * inv_norm[..., None, :]
+
+    def factor(keep: torch.Tensor, diagonal_jitter: float) -> torch.Tensor:
+        pairs = keep[..., :, None] & keep[..., None, :]
+        return torch.linalg.cholesky_ex(torch.where(pairs, cosines, eye) + diagonal_jitter * eye).L
+
+    relative_residual = factor(nonzero, jitter).diagonal(dim1=-2, dim2=-1)
+    live = nonzero & (relative_residual > tol)
+    chol = factor(live, 0.0)
+    if mode == "stiefel":
+        scale = torch.ones_like(squared_norms)
+    elif mode == "orthogonal":
+        scale = chol.diagonal(dim1=-2, dim2=-1) / torch.where(live, inv_norm, 1.0)
+    else:
+        scale = 1.0 / torch.where(live, inv_norm, 1.0)
+    coefficients = (gates.to(gram.dtype) * scale * live)[..., None]
+    weights = torch.linalg.solve_triangular(chol.mT, coefficients, upper=True)[..., 0]
+    return weights * inv_norm
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"unknown orthogonalize mode {mode!r}: choose one of {list(MODES)}")

@@ -1,0 +1,255 @@
+"""Attach, detach, save and load adapters on any ``nn.Module`` (an unmodified HF model included).
+
+Adapters replace the target linears in place and keep the original as ``base_layer``, so module
+names, return types and the model's code stay as they were (PEFT's approach, without PEFT).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from . import __version__
+from .io import atomic_write, atomic_write_text
+from .adapters import LAYER_CLASSES, AdapterConfig, LoRALinear, MoELoRALinear
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+_BLOCK_INDEX = re.compile(r"\.(\d+)(?:\.|$)")
+
+
+def attach_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
+    """Swap the target linears of ``model`` for adapter layers, freeze everything else, return it.
+
+    The adapters are initialized so that the model's outputs are unchanged (OMOE_SPEC §4), with
+    ``config.seed`` fixing their random init. Attaching twice is refused: detach first.
+    """
+    if adapter_layers(model):
+        raise ValueError("this model already has adapters; call detach_adapters(model) before attaching new ones")
+    targets = _find_targets(model, config)
+    experts = _experts_per_block(config, sorted({index for _, index in targets if index is not None}))
+    model._omoe_requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
+    model.requires_grad_(False)
+    layer_class = LAYER_CLASSES[config.method]
+    with torch.random.fork_rng(devices=[]):
+        if config.seed is not None:
+            torch.manual_seed(config.seed)
+        for name, index in targets:
+            parent, child = _parent_of(model, name)
+            base = getattr(parent, child)
+            num_experts = experts.get(index, config.num_experts) if config.method != "lora" else 1
+            layer = layer_class(base, config, num_experts=num_experts, layer_index=index)
+            setattr(parent, child, layer)
+    model.omoe_config = config
+    return model
+
+
+def adapter_layers(model: nn.Module) -> dict[str, LoRALinear]:
+    """Qualified name → adapter layer, in module order."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+def detach_adapters(model: nn.Module) -> nn.Module:
+    """Put the original linears back and restore every parameter's ``requires_grad``."""
+    layers = adapter_layers(model)
+    if not layers:
+        raise ValueError("this model has no adapters to detach")
+    for name, layer in layers.items():
+        parent, child = _parent_of(model, name)
+        setattr(parent, child, layer.base_layer)
+    for name, p in model.named_parameters():
+        p.requires_grad_(model._omoe_requires_grad.get(name, p.requires_grad))
+    del model._omoe_requires_grad, model.omoe_config
+    return model
+
+
+def router_aux_loss(model: nn.Module, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over routed layers of ``λ_lb · load_balance + λ_z · z_loss`` from the last forward.
+
+    Padding-aware: pass the batch's ``attention_mask`` so padding tokens do not count. Returns 0
+    (a tensor) when nothing was recorded (soft routing, eval mode, or zero coefficients).
+    """
+    losses = [
+        loss
+        for layer in adapter_layers(model).values()
+        if isinstance(layer, MoELoRALinear) and (loss := layer.aux_loss(attention_mask)) is not None
+    ]
+    if not losses:
+        return torch.zeros(())
+    return torch.stack(losses).mean()
+
+
+# --- parameter counts ---------------------------------------------------------------------
+@dataclass
+class ParameterSummary:
+    """Trainable adapter parameters against the whole model."""
+
+    method: str
+    trainable: int
+    total: int
+    by_kind: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.trainable / max(self.total, 1)
+
+    def __str__(self) -> str:
+        kinds = ", ".join(f"{kind} {count:,}" for kind, count in self.by_kind.items())
+        return (
+            f"{self.method}: trainable {self.trainable:,} of {self.total:,} parameters "
+            f"({self.percent:.3f} %) — {kinds}"
+        )
+
+
+def trainable_parameters(model: nn.Module) -> ParameterSummary:
+    """Count trainable parameters, split by kind (``lora_A``, ``lora_B``, ``router``, ``magnitude``)."""
+    by_kind: dict[str, int] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            kind = next((k for k in ("lora_A", "lora_B", "router", "magnitude") if k in name), "other")
+            by_kind[kind] = by_kind.get(kind, 0) + p.numel()
+    total = sum(p.numel() for p in model.parameters())
+    method = getattr(getattr(model, "omoe_config", None), "method", "none")
+    return ParameterSummary(method, sum(by_kind.values()), total, by_kind)
+
+
+# --- save / load --------------------------------------------------------------------------
+def save_adapters(model: nn.Module, directory: str | os.PathLike) -> Path:
+    """Write ``adapter_config.json`` and ``adapter_model.safetensors`` (each file atomically)."""
+    layers = adapter_layers(model)
+    if not layers:
+        raise ValueError("this model has no adapters to save; call attach_adapters first")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in adapter_state_dict(model).items()}
+    meta = {
+        "omoe_lab_version": __version__,
+        "adapter_config": model.omoe_config.to_dict(),
+        "base_model": _base_model_info(model),
+        "layers": {name: {"num_experts": layer.num_experts, "layer_index": layer.layer_index} for name, layer in layers.items()},
+    }
+    atomic_write(directory / WEIGHTS_NAME, lambda path: save_file(state, str(path), metadata={"format": "pt"}))
+    atomic_write_text(directory / CONFIG_NAME, json.dumps(meta, indent=2) + "\n")
+    return directory
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Only the adapters' own parameters, under their qualified names."""
+    return {
+        f"{name}.{param_name}": param
+        for name, layer in adapter_layers(model).items()
+        for param_name, param in layer.named_parameters()
+        if not param_name.startswith("base_layer.")
+    }
+
+
+def load_adapters(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
+    """Attach adapters saved by ``save_adapters`` (or fill existing ones) and load their weights.
+
+    Refuses, naming the first difference, a folder saved for another config or architecture.
+    """
+    directory = Path(directory)
+    config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: expected a folder written by omoe_lab.save_adapters")
+    meta = json.loads(config_path.read_text())
+    config = AdapterConfig.from_dict(meta["adapter_config"])
+    if adapter_layers(model):
+        current = model.omoe_config.to_dict()
+        changed = {k: (current[k], v) for k, v in config.to_dict().items() if current.get(k) != v}
+        if changed:
+            raise ValueError(
+                f"the model's adapters differ from the saved ones in {changed} (model, saved); "
+                "detach them first, or load into a model without adapters"
+            )
+    else:
+        attach_adapters(model, config)
+    saved = load_file(str(weights_path))
+    own = adapter_state_dict(model)
+    missing, unexpected = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
+    if missing or unexpected:
+        raise ValueError(
+            f"{weights_path} does not fit this model: missing tensors {missing[:5]}, unexpected tensors "
+            f"{unexpected[:5]}; the adapters were saved for another architecture or config"
+        )
+    for name, tensor in saved.items():
+        if tensor.shape != own[name].shape:
+            raise ValueError(
+                f"tensor {name} has shape {tuple(tensor.shape)} in {weights_path} but "
+                f"{tuple(own[name].shape)} in the model; the adapters were saved for another architecture or config"
+            )
+    with torch.no_grad():
+        for name, tensor in saved.items():
+            own[name].copy_(tensor)
+    return model
+
+
+# --- internals ------------------------------------------------------------------------------
+def _is_linear(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+def _block_index(name: str) -> int | None:
+    match = _BLOCK_INDEX.search(name)
+    return int(match.group(1)) if match else None
+
+
+def _find_targets(model: nn.Module, config: AdapterConfig) -> list[tuple[str, int | None]]:
+    """(name, block index) of every linear the config selects; a clear error if there are none."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    linears = [(name, m) for name, m in model.named_modules() if _is_linear(m) and m is not head]
+    spec = config.target_modules
+
+    def wanted(name: str) -> bool:
+        if spec == "all-linear":
+            return True
+        if isinstance(spec, str):
+            return re.fullmatch(spec, name) is not None
+        return any(name == s or name.endswith("." + s) for s in spec)
+
+    targets = [(name, _block_index(name)) for name, _ in linears if wanted(name)]
+    if config.layers is not None:
+        targets = [(name, index) for name, index in targets if index in set(config.layers)]
+    if not targets:
+        suffixes = sorted({name.rsplit(".", 1)[-1] for name, _ in linears})
+        raise ValueError(
+            f"target_modules={spec!r} with layers={config.layers} matches no linear module. "
+            f"Linear module names in this model end with: {suffixes}"
+        )
+    return targets
+
+
+def _experts_per_block(config: AdapterConfig, blocks: list[int]) -> dict[int, int]:
+    """Expand ``experts_pattern`` over the adapted blocks, low to high (equal contiguous groups)."""
+    if not config.experts_pattern:
+        return {}
+    pattern = [int(n) for n in config.experts_pattern]
+    if len(pattern) > len(blocks):
+        raise ValueError(
+            f"experts_pattern has {len(pattern)} groups but only {len(blocks)} blocks are adapted; "
+            "give at most one count per adapted block"
+        )
+    groups = np.array_split(np.array(blocks), len(pattern))
+    return {int(block): count for group, count in zip(groups, pattern) for block in group}
+
+
+def _parent_of(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    parent_name, _, child = name.rpartition(".")
+    return (model.get_submodule(parent_name) if parent_name else model), child
+
+
+def _base_model_info(model: nn.Module) -> dict:
+    config = getattr(model, "config", None)
+    return {
+        "class": type(model).__name__,
+        "name_or_path": getattr(config, "_name_or_path", None),
+        "model_type": getattr(config, "model_type", None),
+    }

@@ -66,10 +66,12 @@ def expert_gram(a: torch.Tensor, lora_B: torch.Tensor, dtype: torch.dtype = torc
     """
     num_experts, d_out, rank = lora_B.shape
     b_cat = lora_B.to(dtype).permute(1, 0, 2).reshape(d_out, num_experts * rank)
-    metric = (b_cat.T @ b_cat).view(num_experts, rank, num_experts, rank)
+    metric = (b_cat.T @ b_cat).view(num_experts, rank, num_experts * rank)
     a = a.to(dtype)
-    metric_a = torch.einsum("nei,eifj->nefj", a, metric)  # [N, E, E, r]: (B_eᵀ B_f) a_f per pair
-    return torch.einsum("nefj,nfj->nef", metric_a, a)
+    # one batched matmul over experts e: a_eᵀ (B_eᵀ B_f) for every f, then the dot with a_f
+    metric_a = torch.bmm(a.transpose(0, 1), metric)  # [E, N, E·r]
+    metric_a = metric_a.view(num_experts, -1, num_experts, rank).transpose(0, 1)  # [N, E, E, r]
+    return (metric_a * a.unsqueeze(1)).sum(-1)
 
 
 def gram_schmidt_weights(
@@ -110,7 +112,8 @@ def gram_schmidt_weights(
         pairs = keep[..., :, None] & keep[..., None, :]
         return torch.linalg.cholesky_ex(torch.where(pairs, cosines, eye) + diagonal_jitter * eye).L
 
-    relative_residual = factor(nonzero, jitter).diagonal(dim1=-2, dim2=-1)
+    with torch.no_grad():  # only decides which experts are live; no gradient flows through it
+        relative_residual = factor(nonzero, jitter).diagonal(dim1=-2, dim2=-1)
     live = nonzero & (relative_residual > tol)
     chol = factor(live, 0.0)
     if mode == "stiefel":

@@ -1,0 +1,506 @@
+"""Fine-tune the adapters of a model on a list of examples, on Accelerate.
+
+The same code runs on a CPU, one GPU, or several processes (``accelerate launch`` / ``torchrun``):
+``batch_size`` is the *global* batch of one optimizer step, split evenly over processes and
+gradient-accumulation micro-steps, and the loss is the mean over every answer token of that
+global batch, so one process and N processes take exactly the same steps.
+
+Checkpoints (adapters, optimizer, scheduler, RNG states, step) are written atomically every
+``checkpoint_every`` steps and when Ctrl-C is pressed; ``resume_from`` continues a run so that it
+ends with the same weights as an uninterrupted one.
+
+Frozen-prefix cache: when the adapters sit only in blocks ≥ k, the hidden states entering block
+k never change, so they are computed once per example and training runs blocks k… only.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import random
+import shutil
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data.collate import encode_example
+from .data.example import Example
+from .inject import adapter_layers, load_adapters, router_aux_loss, save_adapters
+from .io import atomic_write_text
+
+PREFIX_CACHE_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
+
+
+@dataclass
+class TrainConfig:
+    """How to train. ``batch_size`` is global: examples per optimizer step over all processes."""
+
+    steps: int = 100
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 2e-4
+    router_lr: float | None = None
+    magnitude_lr: float | None = None
+    weight_decay: float = 0.0
+    warmup_steps: int = 10
+    max_grad_norm: float | None = 1.0
+    max_length: int = 256
+    seed: int = 0
+    routing_every: int = 10
+    checkpoint_every: int | None = None
+    prefix_cache: bool = True
+    prefix_cache_dtype: str = "float16"
+    mixed_precision: str = "auto"
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "grad_accum", "max_length"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.prefix_cache_dtype not in ("float16", "bfloat16", "float32"):
+            raise ValueError(f"prefix_cache_dtype must be float16, bfloat16 or float32, got {self.prefix_cache_dtype!r}")
+        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, float]] = field(default_factory=list)
+    routing: list[dict[str, Any]] = field(default_factory=list)
+    steps: int = 0
+    seconds: float = 0.0
+    interrupted: bool = False
+
+
+# --- the loop ---------------------------------------------------------------------------------
+def train(
+    model: nn.Module,
+    tokenizer,
+    examples: Sequence[Example],
+    config: TrainConfig | None = None,
+    *,
+    out_dir: str | Path | None = None,
+    resume_from: str | Path | None = None,
+    accelerator=None,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train ``model``'s adapters on ``examples`` (loss on answer tokens only) and return the history.
+
+    ``stop_after`` ends the run early after that many steps of this call (as if interrupted),
+    writing a checkpoint when ``out_dir`` is set; ``resume_from`` (a run folder or checkpoint)
+    continues it.
+    """
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    config = config or TrainConfig()
+    if not adapter_layers(model):
+        raise ValueError("the model has no adapters to train; call omoe_lab.attach_adapters first")
+    if len(examples) == 0:
+        raise ValueError("no training examples")
+    out_dir = Path(out_dir) if out_dir is not None else None
+    if out_dir is not None:
+        _check_writable(out_dir)
+    if accelerator is None:
+        accelerator = Accelerator(mixed_precision=_mixed_precision(config.mixed_precision))
+    world = accelerator.num_processes
+    per_micro, remainder = divmod(config.batch_size, world * config.grad_accum)
+    if per_micro == 0 or remainder:
+        raise ValueError(
+            f"batch_size={config.batch_size} must be a multiple of processes × grad_accum = "
+            f"{world} × {config.grad_accum}"
+        )
+    fingerprint = run_fingerprint(model, config, examples)
+    resume_state = _read_checkpoint(resume_from, fingerprint) if resume_from else None
+
+    _seed_everything(config.seed)
+    features = [encode_example(tokenizer, ex, config.max_length) for ex in examples]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = accelerator.device
+    model.to(device)
+    start_block = _prefix_cache_start(model) if config.prefix_cache else None
+    prefix = (
+        _build_prefix_cache(model, features, start_block, pad_id, device, getattr(torch, config.prefix_cache_dtype), progress and accelerator.is_main_process)
+        if start_block
+        else None
+    )
+
+    optimizer = torch.optim.AdamW(_param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(config.warmup_steps, config.steps))
+    # the scheduler stays unprepared: Accelerate would step it once per process
+    train_model, optimizer = accelerator.prepare(model, optimizer)
+    result = TrainResult()
+    step = 0
+    if resume_state is not None:
+        load_adapters(model, resume_state["adapters"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        _set_rng_state(resume_state["rng"])
+        step = resume_state["step"]
+        result.history, result.routing = resume_state["history"], resume_state["routing"]
+
+    stop_at = config.steps if stop_after is None else min(config.steps, step + stop_after)
+    bar = tqdm(total=config.steps, initial=step, desc="train", disable=not (progress and accelerator.is_main_process), dynamic_ncols=True)
+    train_model.train()
+    started = time.perf_counter()
+    with _layers_from(model, start_block), _deferred_interrupt() as interrupted:
+        while step < stop_at and not interrupted():
+            tick = time.perf_counter()
+            batch_ids = _global_batch(len(features), config.batch_size, step, config.seed)
+            mine = batch_ids[accelerator.process_index * per_micro * config.grad_accum :][: per_micro * config.grad_accum]
+            answer_tokens = sum(_count_answer_tokens(features[i]) for i in batch_ids)
+            loss_sum, aux_sum, tokens_seen = 0.0, 0.0, 0
+            record_routing = config.routing_every and step % config.routing_every == 0
+            for micro in range(config.grad_accum):
+                ids = mine[micro * per_micro : (micro + 1) * per_micro]
+                batch = _collate([features[i] for i in ids], pad_id, device, prefix, ids)
+                last = micro == config.grad_accum - 1
+                probing = _routing_probe(model, batch["attention_mask"]) if record_routing and micro == 0 else _nothing()
+                syncing = _nothing() if last else accelerator.no_sync(train_model)  # all-reduce once per step
+                with syncing, accelerator.autocast(), probing as probe:
+                    outputs = train_model(**_model_inputs(batch), use_cache=False)
+                    token_loss = _answer_token_loss(outputs.logits, batch["labels"])
+                    aux = router_aux_loss(model, batch["attention_mask"]).to(device)
+                    # sum over my answer tokens / all answer tokens of the global batch; DDP averages
+                    # gradients over processes, so scale by the world size to get the global mean
+                    loss = (token_loss / answer_tokens + aux / (config.grad_accum * world)) * world
+                    accelerator.backward(loss)
+                loss_sum += token_loss.item()
+                aux_sum += aux.item()
+                tokens_seen += int(batch["attention_mask"].sum())
+                if probe is not None:
+                    result.routing.extend({"step": step, **row} for row in probe())
+            if config.max_grad_norm:
+                accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            totals = accelerator.reduce(torch.tensor([loss_sum, aux_sum, tokens_seen], device=device, dtype=torch.float64), "sum")
+            record = {
+                "step": step,
+                "loss": totals[0].item() / answer_tokens,
+                "aux_loss": totals[1].item() / (config.grad_accum * world),
+                "lr": scheduler.get_last_lr()[0],
+                "tokens_per_s": totals[2].item() / max(time.perf_counter() - tick, 1e-9),
+            }
+            result.history.append(record)
+            bar.set_postfix(loss=f"{record['loss']:.3f}")
+            bar.update(1)
+            if out_dir is not None and config.checkpoint_every and step % config.checkpoint_every == 0:
+                _write_checkpoint(accelerator, model, optimizer, scheduler, step, result, fingerprint, out_dir)
+        result.interrupted = step < config.steps
+        if out_dir is not None and (result.interrupted or step == config.steps):
+            _write_checkpoint(accelerator, model, optimizer, scheduler, step, result, fingerprint, out_dir)
+        user_interrupt = interrupted()
+    bar.close()
+    result.steps, result.seconds = step, time.perf_counter() - started
+    train_model.eval()
+    model.eval()
+    if user_interrupt:
+        raise KeyboardInterrupt(f"training stopped at step {step}; resume with resume_from={out_dir}")
+    return result
+
+
+# --- batches ------------------------------------------------------------------------------------
+def _global_batch(num_examples: int, batch_size: int, step: int, seed: int) -> list[int]:
+    """Example indices of step ``step``: epoch-wise shuffles, a pure function of (seed, step)."""
+    start = step * batch_size
+    indices = []
+    while len(indices) < batch_size:
+        epoch, offset = divmod(start + len(indices), num_examples)
+        order = np.random.default_rng([seed, epoch]).permutation(num_examples)
+        indices.extend(order[offset : offset + batch_size - len(indices)].tolist())
+    return indices
+
+
+def _count_answer_tokens(feature: dict) -> int:
+    return sum(1 for t in feature["labels"][1:] if t != -100)
+
+
+def _collate(features: list[dict], pad_id: int, device, prefix: dict | None, ids: list[int]) -> dict[str, torch.Tensor]:
+    """Right-pad a micro-batch; with a prefix cache, the cached hidden states replace input ids."""
+    length = max(len(f["input_ids"]) for f in features)
+    input_ids = torch.full((len(features), length), pad_id, dtype=torch.long)
+    labels = torch.full((len(features), length), -100, dtype=torch.long)
+    mask = torch.zeros((len(features), length), dtype=torch.long)
+    for row, f in enumerate(features):
+        n = len(f["input_ids"])
+        input_ids[row, :n] = torch.as_tensor(f["input_ids"])
+        labels[row, :n] = torch.as_tensor(f["labels"])
+        mask[row, :n] = 1
+    batch = {"input_ids": input_ids.to(device), "labels": labels.to(device), "attention_mask": mask.to(device)}
+    if prefix is not None:
+        hidden = prefix["states"][ids[0]]
+        embeds = torch.zeros(len(features), length, hidden.shape[-1], dtype=prefix["compute_dtype"])
+        for row, i in enumerate(ids):
+            states = prefix["states"][i]
+            embeds[row, : states.shape[0]] = states.to(prefix["compute_dtype"])
+        batch["inputs_embeds"] = embeds.to(device)
+    return batch
+
+
+def _model_inputs(batch: dict) -> dict:
+    if "inputs_embeds" in batch:
+        return {"inputs_embeds": batch["inputs_embeds"], "attention_mask": batch["attention_mask"]}
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+
+def _answer_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum of next-token cross-entropies over answer tokens (labels != -100)."""
+    shifted_logits, shifted_labels = logits[:, :-1].float(), labels[:, 1:]
+    return nn.functional.cross_entropy(
+        shifted_logits.reshape(-1, shifted_logits.shape[-1]), shifted_labels.reshape(-1), ignore_index=-100, reduction="sum"
+    )
+
+
+# --- frozen-prefix cache -------------------------------------------------------------------------
+def _decoder_layers(model: nn.Module) -> nn.ModuleList | None:
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    return layers if isinstance(layers, nn.ModuleList) else None
+
+
+def _prefix_cache_start(model: nn.Module) -> int | None:
+    """First adapted block, when the model's blocks can be run from cached hidden states."""
+    if getattr(getattr(model, "config", None), "model_type", None) not in PREFIX_CACHE_MODEL_TYPES or _decoder_layers(model) is None:
+        return None
+    indices = [layer.layer_index for layer in adapter_layers(model).values()]
+    if any(i is None for i in indices) or min(indices) == 0:
+        return None
+    return min(indices)
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass once the wanted hidden states are captured."""
+
+
+@torch.no_grad()
+def _build_prefix_cache(model, features, start_block, pad_id, device, dtype, progress) -> dict:
+    """Hidden states entering ``start_block``, one unpadded [len, hidden] tensor per example.
+
+    A pre-hook on that block captures its input and stops the forward pass there, so the blocks
+    above it are never run and the model's own code computes masks and positions as usual.
+    """
+    from tqdm.auto import tqdm
+
+    captured = {}
+
+    def capture(module, args, kwargs):
+        captured["hidden"] = args[0] if args else kwargs["hidden_states"]
+        raise _StopForward
+
+    handle = _decoder_layers(model)[start_block].register_forward_pre_hook(capture, with_kwargs=True)
+    was_training = model.training
+    model.eval()
+    states = []
+    try:
+        for chunk in tqdm(range(0, len(features), 16), desc=f"cache blocks 0-{start_block - 1}", disable=not progress):
+            part = features[chunk : chunk + 16]
+            batch = _collate(part, pad_id, device, None, [])
+            try:
+                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+            except _StopForward:
+                pass
+            for row, f in enumerate(part):
+                states.append(captured["hidden"][row, : len(f["input_ids"])].to("cpu", dtype))
+    finally:
+        handle.remove()
+        model.train(was_training)
+    return {"states": states, "compute_dtype": next(p for p in model.parameters()).dtype}
+
+
+@contextmanager
+def _layers_from(model: nn.Module, start: int | None):
+    """Temporarily keep only decoder blocks ``start:`` (nothing changes when start is None)."""
+    if not start:
+        yield
+        return
+    inner = model.model
+    original = inner.layers
+    inner.layers = nn.ModuleList(list(original)[start:])
+    try:
+        yield
+    finally:
+        inner.layers = original
+
+
+# --- optimizer --------------------------------------------------------------------------------------
+def _param_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
+    """Adapter weights at ``lr``; router and magnitude parameters at their own rates if set."""
+    groups: dict[str, list] = {"adapter": [], "router": [], "magnitude": []}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            kind = "router" if ".router." in name else "magnitude" if name.endswith("magnitude") else "adapter"
+            groups[kind].append(p)
+    rates = {"adapter": config.lr, "router": config.router_lr or config.lr, "magnitude": config.magnitude_lr or config.lr}
+    return [{"params": params, "lr": rates[kind], "name": kind} for kind, params in groups.items() if params]
+
+
+def _warmup_cosine(warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+def _mixed_precision(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+# --- routing statistics -------------------------------------------------------------------------------
+@contextmanager
+def _routing_probe(model: nn.Module, attention_mask: torch.Tensor):
+    """Record per-layer routing entropy and load on this forward (real tokens only)."""
+    rows: list[dict] = []
+    handles = []
+    for name, layer in adapter_layers(model).items():
+        if layer.num_experts < 2:
+            continue
+
+        def hook(module, args, name=name):
+            with torch.no_grad():
+                gates = module.route(args[0]).float()
+                if gates.shape[:-1] == attention_mask.shape:
+                    gates = gates[attention_mask.bool()]
+                gates = gates.reshape(-1, gates.shape[-1])
+                entropy = -(gates * gates.clamp_min(1e-12).log()).sum(-1).mean()
+                rows.append({
+                    "layer": name, "entropy": entropy.item(), "normalized_entropy": entropy.item() / math.log(gates.shape[-1]),
+                    "load": gates.mean(0).tolist(),
+                })
+
+        handles.append(layer.register_forward_pre_hook(hook))
+    try:
+        yield lambda: rows
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def _nothing():
+    yield None
+
+
+# --- checkpoints -------------------------------------------------------------------------------------
+def run_fingerprint(model: nn.Module, config: TrainConfig, examples: Sequence[Example]) -> str:
+    """Hash of what must not change between a run and its resumption."""
+    keep = {k: v for k, v in config.to_dict().items() if k not in ("checkpoint_every",)}
+    data = hashlib.sha256()
+    for ex in examples:
+        data.update(f"{ex.task}\x1f{ex.question}\x1f{ex.options}\x1f{ex.label}\x1e".encode())
+    payload = json.dumps({"train": keep, "adapters": model.omoe_config.to_dict(), "data": data.hexdigest()}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _write_checkpoint(accelerator, model, optimizer, scheduler, step, result, fingerprint, out_dir: Path) -> None:
+    """Write ``checkpoint-<step>/`` under a temporary name, rename it, then point ``latest`` at it."""
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / f"checkpoint-{step}"
+    staging = out_dir / f".checkpoint-{step}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    save_adapters(model, staging)
+    state = {
+        "step": step, "fingerprint": fingerprint, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "rng": _get_rng_state(), "history": result.history, "routing": result.routing,
+    }
+    torch.save(state, staging / "trainer_state.pt")
+    shutil.rmtree(final, ignore_errors=True)
+    staging.rename(final)
+    atomic_write_text(out_dir / "latest", final.name + "\n")
+    for old in out_dir.glob("checkpoint-*"):
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _read_checkpoint(path: str | Path, fingerprint: str) -> dict:
+    path = Path(path)
+    if (path / "latest").is_file():
+        path = path / (path / "latest").read_text().strip()
+    state_file = path / "trainer_state.pt"
+    if not state_file.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}: expected a run folder with 'latest' or a checkpoint-<step> folder")
+    state = torch.load(state_file, weights_only=False)
+    if state["fingerprint"] != fingerprint:
+        raise ValueError(
+            f"{path} belongs to another run (config, adapters or data differ: fingerprint {state['fingerprint']} "
+            f"vs {fingerprint}); resume only with the settings that produced it"
+        )
+    state["adapters"] = path
+    return state
+
+
+def _get_rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _check_writable(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise PermissionError(f"cannot write to output folder {out_dir}: {error}; choose another --out") from error
+
+
+@contextmanager
+def _deferred_interrupt():
+    """Turn the first Ctrl-C into a flag checked between steps, so a step is never cut in half."""
+    flag = {"hit": False}
+    previous = None
+
+    def handler(signum, frame):
+        flag["hit"] = True
+        signal.signal(signal.SIGINT, previous)  # a second Ctrl-C interrupts at once
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: leave Ctrl-C alone
+        previous = None
+    try:
+        yield lambda: flag["hit"]
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)

@@ -173,8 +173,7 @@ def train(
                 probing = _routing_probe(model, batch["attention_mask"]) if record_routing and micro == 0 else _nothing()
                 syncing = _nothing() if last else accelerator.no_sync(train_model)  # all-reduce once per step
                 with syncing, accelerator.autocast(), probing as probe:
-                    outputs = train_model(**_model_inputs(batch), use_cache=False)
-                    token_loss = _answer_token_loss(outputs.logits, batch["labels"])
+                    token_loss = _answer_token_loss(train_model, batch)
                     aux = router_aux_loss(model, batch["attention_mask"]).to(device)
                     # sum over my answer tokens / all answer tokens of the global batch; DDP averages
                     # gradients over processes, so scale by the world size to get the global mean
@@ -261,11 +260,17 @@ def _model_inputs(batch: dict) -> dict:
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
 
-def _answer_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Sum of next-token cross-entropies over answer tokens (labels != -100)."""
-    shifted_logits, shifted_labels = logits[:, :-1].float(), labels[:, 1:]
+def _answer_token_loss(model: nn.Module, batch: dict) -> torch.Tensor:
+    """Sum of next-token cross-entropies over answer tokens (labels != -100).
+
+    Only the positions that predict an answer token go through the output head
+    (``logits_to_keep``): with a 49k vocabulary, full logits would cost more than the blocks.
+    """
+    targets = batch["labels"][:, 1:]
+    keep = torch.nonzero((targets != -100).any(0)).flatten()  # positions predicting an answer token
+    logits = model(**_model_inputs(batch), use_cache=False, logits_to_keep=keep).logits
     return nn.functional.cross_entropy(
-        shifted_logits.reshape(-1, shifted_logits.shape[-1]), shifted_labels.reshape(-1), ignore_index=-100, reduction="sum"
+        logits.float().reshape(-1, logits.shape[-1]), targets[:, keep].reshape(-1), ignore_index=-100, reduction="sum"
     )
 
 

@@ -1,0 +1,76 @@
+"""Training batches whose loss falls only on the answer: ``prompt + target (+ eos)``.
+
+Prompt and target are tokenized separately and their ids concatenated, so the boundary between
+what is masked and what is learned is exact, and the prompt ids are the very ones the scorers in
+``omoe_lab.evaluate`` feed the model (``tokenizer(build_prompt(ex))``, special tokens included).
+Labels follow the Hugging Face convention: aligned with ``input_ids`` (the model shifts them) and
+``-100`` wherever no loss is wanted.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .example import Example
+from .prompts import build_prompt, target_text
+
+IGNORE_INDEX = -100  # what torch's cross-entropy and HF models skip
+
+
+def encode_example(tokenizer, example: Example, max_length: int, add_eos: bool = True) -> dict[str, list[int]]:
+    """``input_ids`` of prompt + target (+ eos) and ``labels`` that are ``-100`` on the prompt.
+
+    Too long a prompt loses tokens from its left (after a leading BOS, which is kept); the target
+    is never cut, and a ``max_length`` that cannot hold it raises.
+    """
+    prompt_ids = list(tokenizer(build_prompt(example))["input_ids"])
+    eos = tokenizer.eos_token_id
+    if prompt_ids and eos is not None and prompt_ids[-1] == eos:
+        prompt_ids.pop()  # tokenizers that append EOS to every text would end the prompt early
+    target_ids = list(tokenizer(target_text(example), add_special_tokens=False)["input_ids"])
+    if not target_ids:
+        raise ValueError(f"{example.task}: target {target_text(example)!r} tokenizes to nothing")
+    if add_eos and eos is not None:
+        target_ids.append(eos)
+
+    keep_bos = 1 if prompt_ids and tokenizer.bos_token_id is not None and prompt_ids[0] == tokenizer.bos_token_id else 0
+    room = max_length - len(target_ids) - keep_bos  # prompt tokens after the BOS that still fit
+    if room < 1:
+        raise ValueError(
+            f"{example.task}: max_length={max_length} leaves no room for the prompt beside the "
+            f"{len(target_ids)} target tokens"
+        )
+    if len(prompt_ids) - keep_bos > room:
+        prompt_ids = prompt_ids[:keep_bos] + prompt_ids[len(prompt_ids) - room:]
+    return {"input_ids": prompt_ids + target_ids, "labels": [IGNORE_INDEX] * len(prompt_ids) + target_ids}
+
+
+class TrainCollator:
+    """Turns a list of Examples into right-padded ``input_ids``, ``attention_mask``, ``labels``.
+
+    Padding uses the tokenizer's pad id (its EOS when it has none); padded positions get
+    attention 0 and label ``-100`` by position, so a pad id equal to EOS never hides the
+    target's EOS from the loss.
+    """
+
+    def __init__(self, tokenizer, max_length: int = 256, add_eos: bool = True):
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if pad is None:
+            raise ValueError("TrainCollator: the tokenizer has neither a pad nor an EOS token to pad with")
+        self.tokenizer, self.max_length, self.add_eos, self.pad_token_id = tokenizer, max_length, add_eos, pad
+
+    def __call__(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
+        if not examples:
+            raise ValueError("TrainCollator: empty batch")
+        encoded = [encode_example(self.tokenizer, ex, self.max_length, self.add_eos) for ex in examples]
+        width = max(len(e["input_ids"]) for e in encoded)
+        input_ids = torch.full((len(encoded), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(encoded), width), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
+        for row, e in enumerate(encoded):
+            n = len(e["input_ids"])
+            input_ids[row, :n] = torch.tensor(e["input_ids"])
+            labels[row, :n] = torch.tensor(e["labels"])
+            attention_mask[row, :n] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

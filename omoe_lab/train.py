@@ -98,12 +98,14 @@ def train(
     accelerator=None,
     progress: bool = True,
     stop_after: int | None = None,
+    prefix_store: dict | None = None,
 ) -> TrainResult:
     """Train ``model``'s adapters on ``examples`` (loss on answer tokens only) and return the history.
 
     ``stop_after`` ends the run early after that many steps of this call (as if interrupted),
     writing a checkpoint when ``out_dir`` is set; ``resume_from`` (a run folder or checkpoint)
-    continues it.
+    continues it. ``prefix_store``, a dict shared between calls, lets runs that train different
+    adapters on the same examples and model reuse one frozen-prefix cache.
     """
     from accelerate import Accelerator
     from tqdm.auto import tqdm
@@ -134,11 +136,16 @@ def train(
     device = accelerator.device
     model.to(device)
     start_block = _prefix_cache_start(model) if config.prefix_cache else None
-    prefix = (
-        _build_prefix_cache(model, features, start_block, pad_id, device, getattr(torch, config.prefix_cache_dtype), progress and accelerator.is_main_process)
-        if start_block
-        else None
-    )
+    prefix = None
+    if start_block:
+        key = (id(model), start_block, config.prefix_cache_dtype, hash(tuple(tuple(f["input_ids"]) for f in features)))
+        store = prefix_store if prefix_store is not None else {}
+        if key not in store:
+            store[key] = _build_prefix_cache(
+                model, features, start_block, pad_id, device, getattr(torch, config.prefix_cache_dtype),
+                progress and accelerator.is_main_process,
+            )
+        prefix = store[key]
 
     optimizer = torch.optim.AdamW(_param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(config.warmup_steps, config.steps))

@@ -1,0 +1,373 @@
+"""Experiments: one run (train, evaluate, analyse the experts) and comparisons, cached on disk.
+
+Everything that shows a result — the CLI, the report, the widgets, the notebooks — calls these
+functions, so a finished run is computed once and replayed from its cache folder afterwards.
+A run's cache key is a hash of its fully resolved configuration.
+
+Profiles (``OMOE_LAB_PROFILE=ci|quick|full`` or ``profile=``) set every size at once:
+``ci`` fits CI and notebook tests on 2 CPU cores, ``quick`` is a learner's laptop run,
+``full`` is the paper's setting for a GPU.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import pandas as pd
+import torch
+
+from . import __version__
+from .adapters import AdapterConfig
+from .data.collate import TrainCollator
+from .data.tasks import TASK_NAMES, load_tasks
+from .evaluate import evaluate
+from .inject import attach_adapters, detach_adapters, save_adapters, trainable_parameters
+from .io import atomic_write_text
+from .train import TrainConfig, train
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes for one budget. ``top_blocks``: adapt only the top N transformer blocks (None: all)."""
+
+    name: str
+    top_blocks: int | None
+    target_modules: tuple[str, ...]
+    rank: int
+    steps: int
+    batch_size: int
+    lr: float
+    magnitude_lr: float
+    train_per_task: int | None
+    eval_per_task: int | None
+    capture_tokens: int
+    max_length: int
+    description: str
+
+
+PROFILES = {
+    "ci": Profile(
+        "ci", top_blocks=2, target_modules=("q_proj", "v_proj"), rank=4, steps=40, batch_size=8, lr=2e-3,
+        magnitude_lr=2e-2, train_per_task=40, eval_per_task=24, capture_tokens=256, max_length=192,
+        description="smallest run that still learns: CI and notebook tests on 2 CPU cores",
+    ),
+    "quick": Profile(
+        "quick", top_blocks=4, target_modules=("q_proj", "v_proj"), rank=8, steps=120, batch_size=8, lr=2e-3,
+        magnitude_lr=2e-2, train_per_task=96, eval_per_task=50, capture_tokens=512, max_length=256,
+        description="a learner's CPU laptop run (minutes)",
+    ),
+    "full": Profile(
+        "full", top_blocks=None, target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        rank=16, steps=2000, batch_size=16, lr=2e-4, magnitude_lr=2e-3, train_per_task=None, eval_per_task=None,
+        capture_tokens=2048, max_length=512, description="the paper's setting (r=16, alpha=32, lr 2e-4, batch 16) for a GPU",
+    ),
+}
+
+
+def profile_from_env(name: str | None = None) -> Profile:
+    """The named profile, else ``$OMOE_LAB_PROFILE``, else ``quick``."""
+    name = name or os.environ.get("OMOE_LAB_PROFILE") or "quick"
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}: choose one of {list(PROFILES)}")
+    return PROFILES[name]
+
+
+@dataclass
+class RunConfig:
+    """One experiment. ``None`` fields take the profile's value; ``method="none"`` is zero-shot.
+
+    For ``method="lora"`` the rank is ``num_experts × rank`` so that LoRA has the same A/B
+    parameter budget as the mixtures it is compared with.
+    """
+
+    method: str = "omoe"
+    num_experts: int = 4
+    top_k: int | None = None
+    orthogonalize: str | None = "stiefel"
+    seed: int = 0
+    profile: str | None = None
+    model: str = "default"
+    tasks: tuple[str, ...] = tuple(TASK_NAMES)
+    data_dir: str | None = None
+    protocol: str = "label"
+    rank: int | None = None
+    top_blocks: int | None = None
+    target_modules: tuple[str, ...] | None = None
+    steps: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    magnitude_lr: float | None = None
+    train_per_task: int | None = None
+    eval_per_task: int | None = None
+    capture_tokens: int | None = None
+    max_length: int | None = None
+
+    def resolved(self) -> "RunConfig":
+        """A copy with every size filled from the profile (and the profile's name fixed)."""
+        profile = profile_from_env(self.profile)
+        values = dataclasses.asdict(self)
+        for name in ("rank", "top_blocks", "target_modules", "steps", "batch_size", "lr", "magnitude_lr",
+                     "train_per_task", "eval_per_task", "capture_tokens", "max_length"):
+            if values[name] is None:
+                values[name] = getattr(profile, name)
+        values["profile"] = profile.name
+        values["tasks"] = tuple(values["tasks"])
+        values["target_modules"] = tuple(values["target_modules"])
+        if self.method in ("lora", "moe", "none"):
+            values["orthogonalize"] = None
+        if self.method in ("lora", "none"):
+            values["top_k"] = None
+        if self.method == "none":
+            values.update(num_experts=0, steps=0)
+        return RunConfig(**values)
+
+    def key(self) -> str:
+        payload = json.dumps({"version": __version__, **dataclasses.asdict(self.resolved())}, sort_keys=True, default=list)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def adapter_config(self, num_blocks: int) -> AdapterConfig:
+        c = self.resolved()
+        first = 0 if c.top_blocks is None else max(0, num_blocks - c.top_blocks)
+        rank = c.rank * c.num_experts if c.method == "lora" else c.rank
+        return AdapterConfig(
+            method=c.method, num_experts=max(c.num_experts, 1), rank=rank, alpha=2 * rank, top_k=c.top_k,
+            orthogonalize=c.orthogonalize or "stiefel", target_modules=list(c.target_modules),
+            layers=list(range(first, num_blocks)), seed=c.seed,
+        )
+
+    def train_config(self) -> TrainConfig:
+        c = self.resolved()
+        return TrainConfig(
+            steps=c.steps, batch_size=c.batch_size, lr=c.lr, magnitude_lr=c.magnitude_lr, seed=c.seed,
+            max_length=c.max_length, warmup_steps=max(1, c.steps // 10),
+        )
+
+    def label(self) -> str:
+        c = self.resolved()
+        if c.method == "none":
+            return "zero-shot"
+        if c.method == "lora":
+            return f"LoRA r={c.rank * c.num_experts}"
+        routing = f"top-{c.top_k}" if c.top_k else "soft"
+        name = "MoE-LoRA" if c.method == "moe" else f"OMoE ({c.orthogonalize})"
+        return f"{name} E={c.num_experts} {routing}"
+
+
+@dataclass
+class RunResult:
+    """What one run produced; every field is JSON-friendly and saved in ``folder/result.json``."""
+
+    config: dict[str, Any]
+    key: str
+    label: str
+    metrics: dict[str, Any]
+    history: list[dict] = field(default_factory=list)
+    routing: list[dict] = field(default_factory=list)
+    experts: list[dict] = field(default_factory=list)
+    embedding: list[dict] = field(default_factory=list)
+    parameters: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    folder: str | None = None
+    from_cache: bool = False
+
+    def to_json(self) -> str:
+        data = dataclasses.asdict(self)
+        data.pop("from_cache")
+        return json.dumps(data, indent=1)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("OMOE_LAB_RUNS", "runs")) / "cache"
+
+
+# --- one run ------------------------------------------------------------------------------
+def run(
+    config: RunConfig,
+    *,
+    cache_dir: str | Path | None = None,
+    force: bool = False,
+    progress: bool = True,
+    model=None,
+    tokenizer=None,
+    prefix_store: dict | None = None,
+) -> RunResult:
+    """Train, evaluate and analyse one configuration, or replay it from the cache.
+
+    Pass ``model``/``tokenizer`` to reuse a loaded base model (its adapters are detached again
+    at the end), and a shared ``prefix_store`` so runs on the same data share the prefix cache.
+    """
+    from .models import load_model
+
+    resolved = config.resolved()
+    key = config.key()
+    folder = Path(cache_dir or default_cache_dir()) / key
+    if (folder / "result.json").is_file() and not force:
+        return _read_result(folder)
+    started = time.perf_counter()
+    if model is None:
+        model, tokenizer = load_model(resolved.model, progress=progress)
+    test = load_tasks(list(resolved.tasks), "test", resolved.data_dir, limit_per_task=resolved.eval_per_task, shuffle=False)
+    result = RunResult(config=dataclasses.asdict(resolved), key=key, label=config.label(), metrics={})
+    if resolved.method != "none":
+        train_examples = load_tasks(list(resolved.tasks), "train", resolved.data_dir, limit_per_task=resolved.train_per_task, seed=resolved.seed)
+        attach_adapters(model, config.adapter_config(model.config.num_hidden_layers))
+    try:
+        if resolved.method != "none":
+            summary = trainable_parameters(model)
+            result.parameters = {"trainable": summary.trainable, "total": summary.total, "percent": summary.percent, **summary.by_kind}
+            trained = train(model, tokenizer, train_examples, config.train_config(), progress=progress, prefix_store=prefix_store)
+            result.history, result.routing = trained.history, trained.routing
+        scored = evaluate(model, tokenizer, test, protocol=resolved.protocol, batch_size=16, progress=progress)
+        result.metrics = {
+            "protocol": scored.protocol, "accuracy": scored.accuracy, "per_task": scored.per_task, "n": scored.n,
+            "n_per_task": _count_by_task(test), "chance": scored.chance,
+        }
+        if resolved.method != "none":
+            result.experts, result.embedding = analyse_experts(model, tokenizer, test, resolved, progress)
+            folder.mkdir(parents=True, exist_ok=True)
+            save_adapters(model, folder / "adapters")
+    finally:
+        if resolved.method != "none":
+            detach_adapters(model)
+    result.seconds = time.perf_counter() - started
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "result.json", result.to_json() + "\n")
+    result.folder = str(folder)
+    return result
+
+
+def analyse_experts(model, tokenizer, examples, config: RunConfig, progress: bool = True) -> tuple[list[dict], list[dict]]:
+    """Per adapted layer: expert similarity, effective rank, Stiefel error and routing on held-out text.
+
+    Diversity is measured on the raw outputs e_i across tokens (OMOE_SPEC §6); the q_i are only
+    checked for orthonormality, which holds by construction. Also returns a 2-D t-SNE of the
+    top adapted layer's expert outputs (one row per token × expert).
+    """
+    from .analysis import (
+        capture_experts, cka_matrix, embed, expert_effective_rank, mean_pairwise_cosine, routing_entropy,
+        expert_load, stiefel_error,
+    )
+
+    collate = TrainCollator(tokenizer, max_length=config.max_length)
+    batches = [
+        {**collate(examples[i : i + 16]), "task": [ex.task for ex in examples[i : i + 16]]}
+        for i in range(0, len(examples), 16)
+    ]
+    captured = capture_experts(model, batches, max_tokens=config.capture_tokens, seed=config.seed, progress=progress)
+    rows = []
+    for name, layer in captured.layers.items():
+        outputs = layer.expert_outputs
+        row = {"layer": name, "block": layer.layer_index, "method": layer.method, "experts": layer.num_experts, "tokens": len(outputs)}
+        if layer.num_experts > 1:
+            row["mean_abs_cosine"] = mean_pairwise_cosine(outputs)
+            row["cka"] = cka_matrix(outputs).tolist()
+            row["mean_cka"] = _off_diagonal_mean(row["cka"])
+            row["effective_rank"] = expert_effective_rank(outputs)
+            row["routing_entropy"] = routing_entropy(layer.gates, normalized=True)
+            row["load"] = expert_load(layer.gates).tolist()
+        if layer.orthogonal_outputs is not None:
+            live = layer.orthogonal_outputs.norm(dim=-1) > 0
+            row["stiefel_error"] = stiefel_error(layer.orthogonal_outputs, active=live)
+        rows.append(row)
+    top = max(captured.layers.values(), key=lambda layer: (layer.layer_index or 0, layer.name))
+    embedding = []
+    if top.num_experts > 1:
+        tasks = [captured.task_names[c] if c >= 0 else "" for c in captured.task_codes.tolist()]
+        frame = embed(top.expert_outputs, method="tsne", random_state=config.seed, metadata={"task": tasks})
+        frame["layer"] = top.name
+        embedding = frame.to_dict(orient="records")
+    return rows, embedding
+
+
+def _off_diagonal_mean(matrix: list[list[float]]) -> float:
+    n = len(matrix)
+    values = [matrix[i][j] for i in range(n) for j in range(n) if i != j]
+    return sum(values) / len(values)
+
+
+def _count_by_task(examples) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for ex in examples:
+        counts[ex.task] = counts.get(ex.task, 0) + 1
+    return counts
+
+
+def _read_result(folder: Path) -> RunResult:
+    data = json.loads((folder / "result.json").read_text())
+    data["folder"] = str(folder)
+    return RunResult(**data, from_cache=True)
+
+
+# --- comparisons ----------------------------------------------------------------------------
+def compare(
+    methods: Sequence[str] = ("lora", "moe", "omoe"),
+    num_experts: Iterable[int] = (4,),
+    seeds: Iterable[int] = (0,),
+    *,
+    zero_shot: bool = True,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    **common,
+) -> tuple[pd.DataFrame, list[RunResult]]:
+    """Run every (method, expert count, seed) once — cached — and return a tidy table + the runs.
+
+    The table has one row per run and task (task ``"all"`` is the overall accuracy) with the
+    protocol and the number of test examples next to every accuracy.
+    """
+    from .models import load_model
+
+    configs = [RunConfig(method="none", **common)] if zero_shot else []
+    configs += [RunConfig(method=m, num_experts=e, seed=s, **common) for m in methods for e in num_experts for s in seeds]
+    loaded, prefix_store, results = None, {}, []
+    for config in configs:
+        cached = Path(cache_dir or default_cache_dir()) / config.key() / "result.json"
+        if loaded is None and not cached.is_file():
+            loaded = load_model(config.resolved().model, progress=progress)
+        model, tokenizer = loaded if loaded else (None, None)
+        results.append(run(config, cache_dir=cache_dir, progress=progress, model=model, tokenizer=tokenizer, prefix_store=prefix_store))
+    return results_table(results), results
+
+
+def results_table(results: Sequence[RunResult]) -> pd.DataFrame:
+    rows = []
+    for r in results:
+        c, m = r.config, r.metrics
+        base = {"label": r.label, "method": c["method"], "num_experts": c["num_experts"], "seed": c["seed"],
+                "protocol": m["protocol"], "profile": c["profile"]}
+        rows.append({**base, "task": "all", "accuracy": m["accuracy"], "n": m["n"]})
+        rows += [{**base, "task": t, "accuracy": a, "n": m["n_per_task"][t]} for t, a in m["per_task"].items()]
+    return pd.DataFrame(rows)
+
+
+def summarize(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean accuracy over seeds with a 95 % interval: Student-t over seeds when there are several,
+    else the Wilson score interval over the test examples of the single run."""
+    from scipy import stats
+
+    keys = ["label", "method", "num_experts", "protocol", "task"]
+    out = []
+    for group, part in table.groupby(keys, sort=False):
+        mean, seeds, n = part["accuracy"].mean(), len(part), int(part["n"].iloc[0])
+        if seeds > 1:
+            half = stats.t.ppf(0.975, seeds - 1) * part["accuracy"].std(ddof=1) / math.sqrt(seeds)
+            low, high, kind = mean - half, mean + half, "t over seeds"
+        else:
+            low, high = _wilson(mean, n)
+            kind = "Wilson over examples"
+        out.append({**dict(zip(keys, group)), "accuracy": mean, "low": low, "high": high, "seeds": seeds, "n": n, "interval": kind})
+    return pd.DataFrame(out)
+
+
+def _wilson(p: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+    if n == 0:
+        return float("nan"), float("nan")
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half

@@ -1,0 +1,53 @@
+"""The command line: help texts, early errors, and a real (tiny) train → eval round trip."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from omoe_lab.cli import build_parser, main
+
+COMMANDS = ["demo", "train", "eval", "compare", "fetch-model"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_explains_itself(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"usage: omoe-lab {command}") and len(text) > 300
+
+
+def test_top_level_help_lists_commands_and_profiles(capsys):
+    assert main([]) == 2
+    text = capsys.readouterr().out
+    assert all(c in text for c in COMMANDS + ["bench", "ci:", "quick:", "full:"])
+
+
+def test_unknown_task_fails_before_any_work(capsys, tmp_path):
+    assert main(["train", "--model", "tiny", "--tasks", "sudoku", "--out", str(tmp_path)]) == 2
+    assert "unknown task 'sudoku'" in capsys.readouterr().err.lower()
+
+
+def test_unwritable_output_folder_is_a_clear_error(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["train", "--model", "tiny", "--out", str(blocker / "run")]) == 2
+    assert "cannot write" in capsys.readouterr().err
+
+
+def test_train_then_eval_with_saved_adapters(capsys, tmp_path):
+    args = ["--model", "tiny", "--profile", "ci", "--tasks", "boolq", "--steps", "2", "--no-progress"]
+    assert main(["train", *args, "--method", "moe", "--num-experts", "2", "--out", str(tmp_path)]) == 0
+    trained = json.loads(capsys.readouterr().out)
+    assert trained["metrics"]["protocol"] == "label"
+    assert main(["eval", "--model", "tiny", "--adapters", trained["adapters"], "--tasks", "boolq", "--limit", "4", "--json"]) == 0
+    out = capsys.readouterr().out
+    scored = json.loads(out[out.index("{"):])
+    assert scored["protocol"] == "label" and scored["n"] == 4 and set(scored["per_task"]) == {"boolq"}
+
+
+def test_parser_defaults_are_sensible():
+    args = build_parser().parse_args(["demo"])
+    assert args.methods == ["lora", "moe", "omoe"] and args.num_experts == 4 and args.seeds == [0]

@@ -1,0 +1,60 @@
+"""Experiments on the tiny model: one run end to end, the cache, comparisons and intervals."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from omoe_lab.experiments import PROFILES, RunConfig, compare, profile_from_env, run, summarize
+
+SMALL = dict(
+    model="tiny", profile="ci", tasks=("boolq", "piqa"), steps=3, batch_size=4, train_per_task=4, eval_per_task=4,
+    capture_tokens=64, max_length=96,
+)
+
+
+def test_one_run_trains_evaluates_analyses_and_replays_from_cache(tmp_path):
+    config = RunConfig(method="omoe", num_experts=3, top_k=2, **SMALL)
+    result = run(config, cache_dir=tmp_path, progress=False)
+    assert not result.from_cache and len(result.history) == 3
+    assert result.metrics["protocol"] == "label" and result.metrics["n"] == 8
+    assert result.metrics["n_per_task"] == {"boolq": 4, "piqa": 4}
+    assert 0.0 <= result.metrics["accuracy"] <= 1.0
+    layers = result.experts
+    assert layers and all(row["experts"] == 3 and 0.0 <= row["mean_abs_cosine"] <= 1.0 for row in layers)
+    assert all(row["stiefel_error"] < 1e-4 for row in layers)  # q_i are orthonormal by construction
+    assert {"x", "y", "expert", "task"} <= set(result.embedding[0])
+    assert result.parameters["trainable"] > 0 and (tmp_path / config.key() / "adapters" / "adapter_config.json").is_file()
+    again = run(config, cache_dir=tmp_path, progress=False)
+    assert again.from_cache and again.metrics == result.metrics and again.experts == result.experts
+
+
+def test_profiles_fill_every_size_and_the_key_follows_the_resolved_config(monkeypatch):
+    resolved = RunConfig(method="moe", profile="ci").resolved()
+    assert resolved.steps == PROFILES["ci"].steps and resolved.orthogonalize is None
+    monkeypatch.setenv("OMOE_LAB_PROFILE", "ci")
+    assert RunConfig(method="moe").key() == RunConfig(method="moe", profile="ci").key()
+    assert RunConfig(method="moe").key() != RunConfig(method="moe", steps=7).key()
+    assert RunConfig(method="lora", num_experts=4).adapter_config(30).rank == 4 * PROFILES["ci"].rank
+    assert RunConfig(method="omoe", profile="ci").adapter_config(30).layers == [28, 29]
+    with pytest.raises(ValueError, match="unknown profile"):
+        profile_from_env("huge")
+
+
+def test_compare_gives_a_tidy_table_with_protocol_and_counts(tmp_path):
+    table, results = compare(["lora", "moe"], [2], [0, 1], cache_dir=tmp_path, progress=False, **SMALL)
+    assert [r.label for r in results] == ["zero-shot", "LoRA r=8", "LoRA r=8", "MoE-LoRA E=2 soft", "MoE-LoRA E=2 soft"]
+    overall = table[table.task == "all"]
+    assert len(overall) == 5 and set(overall.protocol) == {"label"} and set(overall.n) == {8}
+    summary = summarize(table)
+    lora = summary[(summary.method == "lora") & (summary.task == "all")].iloc[0]
+    accs = table[(table.method == "lora") & (table.task == "all")].accuracy
+    assert lora.seeds == 2 and lora.accuracy == pytest.approx(accs.mean())
+    assert lora.interval == "t over seeds" and lora.low <= lora.accuracy <= lora.high
+    zero = summary[(summary.method == "none") & (summary.task == "all")].iloc[0]
+    assert zero.interval == "Wilson over examples"
+    # Wilson interval for p = 0.5, n = 8, by hand: centre 0.5, half-width z·sqrt(0.25/8 + z²/256)/(1+z²/8)
+    z = 1.959964
+    half = z * math.sqrt(0.25 / 8 + z * z / 256) / (1 + z * z / 8)
+    if zero.accuracy == 0.5:
+        assert zero.high - zero.low == pytest.approx(2 * half)

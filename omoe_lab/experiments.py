@@ -10,6 +10,7 @@ Profiles (``OMOE_LAB_PROFILE=ci|quick|full`` or ``profile=``) set every size at 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -30,6 +31,7 @@ from .data.tasks import TASK_NAMES, load_tasks
 from .evaluate import evaluate
 from .inject import attach_adapters, detach_adapters, save_adapters, trainable_parameters
 from .io import atomic_write_text
+from .prefix import FrozenPrefix, supports_prefix_cache
 from .train import TrainConfig, train
 
 
@@ -196,12 +198,12 @@ def run(
     progress: bool = True,
     model=None,
     tokenizer=None,
-    prefix_store: dict | None = None,
+    prefix: FrozenPrefix | None = None,
 ) -> RunResult:
     """Train, evaluate and analyse one configuration, or replay it from the cache.
 
     Pass ``model``/``tokenizer`` to reuse a loaded base model (its adapters are detached again
-    at the end), and a shared ``prefix_store`` so runs on the same data share the prefix cache.
+    at the end), and a ``FrozenPrefix`` of that model so runs share the frozen blocks' work.
     """
     from .models import load_model
 
@@ -218,19 +220,23 @@ def run(
     if resolved.method != "none":
         train_examples = load_tasks(list(resolved.tasks), "train", resolved.data_dir, limit_per_task=resolved.train_per_task, seed=resolved.seed)
         attach_adapters(model, config.adapter_config(model.config.num_hidden_layers))
+    if prefix is None:
+        prefix = frozen_prefix_for(model, resolved)
     try:
+        with prefix.active() if prefix else contextlib.nullcontext():
+            if resolved.method != "none":
+                summary = trainable_parameters(model)
+                result.parameters = {"trainable": summary.trainable, "total": summary.total, "percent": summary.percent, **summary.by_kind}
+                trained = train(model, tokenizer, train_examples, config.train_config(), progress=progress, prefix=prefix)
+                result.history, result.routing = trained.history, trained.routing
+            scored = evaluate(model, tokenizer, test, protocol=resolved.protocol, batch_size=16, progress=progress)
+            result.metrics = {
+                "protocol": scored.protocol, "accuracy": scored.accuracy, "per_task": scored.per_task, "n": scored.n,
+                "n_per_task": _count_by_task(test), "chance": scored.chance,
+            }
+            if resolved.method != "none":
+                result.experts, result.embedding = analyse_experts(model, tokenizer, test, resolved, progress)
         if resolved.method != "none":
-            summary = trainable_parameters(model)
-            result.parameters = {"trainable": summary.trainable, "total": summary.total, "percent": summary.percent, **summary.by_kind}
-            trained = train(model, tokenizer, train_examples, config.train_config(), progress=progress, prefix_store=prefix_store)
-            result.history, result.routing = trained.history, trained.routing
-        scored = evaluate(model, tokenizer, test, protocol=resolved.protocol, batch_size=16, progress=progress)
-        result.metrics = {
-            "protocol": scored.protocol, "accuracy": scored.accuracy, "per_task": scored.per_task, "n": scored.n,
-            "n_per_task": _count_by_task(test), "chance": scored.chance,
-        }
-        if resolved.method != "none":
-            result.experts, result.embedding = analyse_experts(model, tokenizer, test, resolved, progress)
             folder.mkdir(parents=True, exist_ok=True)
             save_adapters(model, folder / "adapters")
     finally:
@@ -241,6 +247,15 @@ def run(
     atomic_write_text(folder / "result.json", result.to_json() + "\n")
     result.folder = str(folder)
     return result
+
+
+def frozen_prefix_for(model, config: RunConfig) -> FrozenPrefix | None:
+    """A frozen-prefix cache below the adapted blocks, when the profile adapts only the top ones."""
+    num_blocks = model.config.num_hidden_layers
+    top = config.resolved().top_blocks
+    if top is None or top >= num_blocks or not supports_prefix_cache(model):
+        return None
+    return FrozenPrefix(model, num_blocks - top)
 
 
 def analyse_experts(model, tokenizer, examples, config: RunConfig, progress: bool = True) -> tuple[list[dict], list[dict]]:
@@ -273,8 +288,10 @@ def analyse_experts(model, tokenizer, examples, config: RunConfig, progress: boo
             row["routing_entropy"] = routing_entropy(layer.gates, normalized=True)
             row["load"] = expert_load(layer.gates).tolist()
         if layer.orthogonal_outputs is not None:
-            live = layer.orthogonal_outputs.norm(dim=-1) > 0
-            row["stiefel_error"] = stiefel_error(layer.orthogonal_outputs, active=live)
+            # orthonormality of the directions q_k/‖q_k‖ (only "stiefel" also has unit norms)
+            norms = layer.orthogonal_outputs.norm(dim=-1, keepdim=True)
+            live = norms[..., 0] > 0
+            row["stiefel_error"] = stiefel_error(layer.orthogonal_outputs / norms.clamp_min(1e-30), active=live)
         rows.append(row)
     top = max(captured.layers.values(), key=lambda layer: (layer.layer_index or 0, layer.name))
     embedding = []
@@ -325,13 +342,14 @@ def compare(
 
     configs = [RunConfig(method="none", **common)] if zero_shot else []
     configs += [RunConfig(method=m, num_experts=e, seed=s, **common) for m in methods for e in num_experts for s in seeds]
-    loaded, prefix_store, results = None, {}, []
+    loaded, prefix, results = None, None, []
     for config in configs:
         cached = Path(cache_dir or default_cache_dir()) / config.key() / "result.json"
         if loaded is None and not cached.is_file():
             loaded = load_model(config.resolved().model, progress=progress)
+            prefix = frozen_prefix_for(loaded[0], config)  # shared: every run adapts the same top blocks
         model, tokenizer = loaded if loaded else (None, None)
-        results.append(run(config, cache_dir=cache_dir, progress=progress, model=model, tokenizer=tokenizer, prefix_store=prefix_store))
+        results.append(run(config, cache_dir=cache_dir, progress=progress, model=model, tokenizer=tokenizer, prefix=prefix))
     return results_table(results), results
 
 

@@ -9,8 +9,9 @@ Checkpoints (adapters, optimizer, scheduler, RNG states, step) are written atomi
 ``checkpoint_every`` steps and when Ctrl-C is pressed; ``resume_from`` continues a run so that it
 ends with the same weights as an uninterrupted one.
 
-Frozen-prefix cache: when the adapters sit only in blocks ≥ k, the hidden states entering block
-k never change, so they are computed once per example and training runs blocks k… only.
+Frozen-prefix cache (``omoe_lab.prefix``): when the adapters sit only in blocks ≥ k, the hidden
+states entering block k never change, so they are recorded the first time an example is seen and
+every later pass over it runs blocks k… only.
 """
 from __future__ import annotations
 
@@ -35,9 +36,7 @@ from .data.collate import encode_example
 from .data.example import Example
 from .inject import adapter_layers, load_adapters, router_aux_loss, save_adapters
 from .io import atomic_write_text
-
-PREFIX_CACHE_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
-
+from .prefix import FrozenPrefix, first_adapted_block, supports_prefix_cache
 
 @dataclass
 class TrainConfig:
@@ -98,14 +97,14 @@ def train(
     accelerator=None,
     progress: bool = True,
     stop_after: int | None = None,
-    prefix_store: dict | None = None,
+    prefix: FrozenPrefix | None = None,
 ) -> TrainResult:
     """Train ``model``'s adapters on ``examples`` (loss on answer tokens only) and return the history.
 
     ``stop_after`` ends the run early after that many steps of this call (as if interrupted),
     writing a checkpoint when ``out_dir`` is set; ``resume_from`` (a run folder or checkpoint)
-    continues it. ``prefix_store``, a dict shared between calls, lets runs that train different
-    adapters on the same examples and model reuse one frozen-prefix cache.
+    continues it. Pass a ``FrozenPrefix`` to share one frozen-prefix cache between runs that
+    train different adapters on the same model; by default the run makes its own when it can.
     """
     from accelerate import Accelerator
     from tqdm.auto import tqdm
@@ -135,17 +134,9 @@ def train(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = accelerator.device
     model.to(device)
-    start_block = _prefix_cache_start(model) if config.prefix_cache else None
-    prefix = None
-    if start_block:
-        key = (id(model), start_block, config.prefix_cache_dtype, hash(tuple(tuple(f["input_ids"]) for f in features)))
-        store = prefix_store if prefix_store is not None else {}
-        if key not in store:
-            store[key] = _build_prefix_cache(
-                model, features, start_block, pad_id, device, getattr(torch, config.prefix_cache_dtype),
-                progress and accelerator.is_main_process,
-            )
-        prefix = store[key]
+    start_block = first_adapted_block(model)
+    if prefix is None and config.prefix_cache and start_block and supports_prefix_cache(model):
+        prefix = FrozenPrefix(model, start_block, getattr(torch, config.prefix_cache_dtype))
 
     optimizer = torch.optim.AdamW(_param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(config.warmup_steps, config.steps))
@@ -165,7 +156,7 @@ def train(
     bar = tqdm(total=config.steps, initial=step, desc="train", disable=not (progress and accelerator.is_main_process), dynamic_ncols=True)
     train_model.train()
     started = time.perf_counter()
-    with _layers_from(model, start_block), _deferred_interrupt() as interrupted:
+    with prefix.active() if prefix else _nothing(), _deferred_interrupt() as interrupted:
         while step < stop_at and not interrupted():
             tick = time.perf_counter()
             batch_ids = _global_batch(len(features), config.batch_size, step, config.seed)
@@ -175,7 +166,7 @@ def train(
             record_routing = config.routing_every and step % config.routing_every == 0
             for micro in range(config.grad_accum):
                 ids = mine[micro * per_micro : (micro + 1) * per_micro]
-                batch = _collate([features[i] for i in ids], pad_id, device, prefix, ids)
+                batch = _collate([features[i] for i in ids], pad_id, device)
                 last = micro == config.grad_accum - 1
                 probing = _routing_probe(model, batch["attention_mask"]) if record_routing and micro == 0 else _nothing()
                 syncing = _nothing() if last else accelerator.no_sync(train_model)  # all-reduce once per step
@@ -239,8 +230,8 @@ def _count_answer_tokens(feature: dict) -> int:
     return sum(1 for t in feature["labels"][1:] if t != -100)
 
 
-def _collate(features: list[dict], pad_id: int, device, prefix: dict | None, ids: list[int]) -> dict[str, torch.Tensor]:
-    """Right-pad a micro-batch; with a prefix cache, the cached hidden states replace input ids."""
+def _collate(features: list[dict], pad_id: int, device) -> dict[str, torch.Tensor]:
+    """Right-pad a micro-batch of encoded examples."""
     length = max(len(f["input_ids"]) for f in features)
     input_ids = torch.full((len(features), length), pad_id, dtype=torch.long)
     labels = torch.full((len(features), length), -100, dtype=torch.long)
@@ -250,21 +241,7 @@ def _collate(features: list[dict], pad_id: int, device, prefix: dict | None, ids
         input_ids[row, :n] = torch.as_tensor(f["input_ids"])
         labels[row, :n] = torch.as_tensor(f["labels"])
         mask[row, :n] = 1
-    batch = {"input_ids": input_ids.to(device), "labels": labels.to(device), "attention_mask": mask.to(device)}
-    if prefix is not None:
-        hidden = prefix["states"][ids[0]]
-        embeds = torch.zeros(len(features), length, hidden.shape[-1], dtype=prefix["compute_dtype"])
-        for row, i in enumerate(ids):
-            states = prefix["states"][i]
-            embeds[row, : states.shape[0]] = states.to(prefix["compute_dtype"])
-        batch["inputs_embeds"] = embeds.to(device)
-    return batch
-
-
-def _model_inputs(batch: dict) -> dict:
-    if "inputs_embeds" in batch:
-        return {"inputs_embeds": batch["inputs_embeds"], "attention_mask": batch["attention_mask"]}
-    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    return {"input_ids": input_ids.to(device), "labels": labels.to(device), "attention_mask": mask.to(device)}
 
 
 def _answer_token_loss(model: nn.Module, batch: dict) -> torch.Tensor:
@@ -275,81 +252,10 @@ def _answer_token_loss(model: nn.Module, batch: dict) -> torch.Tensor:
     """
     targets = batch["labels"][:, 1:]
     keep = torch.nonzero((targets != -100).any(0)).flatten()  # positions predicting an answer token
-    logits = model(**_model_inputs(batch), use_cache=False, logits_to_keep=keep).logits
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False, logits_to_keep=keep).logits
     return nn.functional.cross_entropy(
         logits.float().reshape(-1, logits.shape[-1]), targets[:, keep].reshape(-1), ignore_index=-100, reduction="sum"
     )
-
-
-# --- frozen-prefix cache -------------------------------------------------------------------------
-def _decoder_layers(model: nn.Module) -> nn.ModuleList | None:
-    inner = getattr(model, "model", None)
-    layers = getattr(inner, "layers", None)
-    return layers if isinstance(layers, nn.ModuleList) else None
-
-
-def _prefix_cache_start(model: nn.Module) -> int | None:
-    """First adapted block, when the model's blocks can be run from cached hidden states."""
-    if getattr(getattr(model, "config", None), "model_type", None) not in PREFIX_CACHE_MODEL_TYPES or _decoder_layers(model) is None:
-        return None
-    indices = [layer.layer_index for layer in adapter_layers(model).values()]
-    if any(i is None for i in indices) or min(indices) == 0:
-        return None
-    return min(indices)
-
-
-class _StopForward(Exception):
-    """Raised by a hook to end a forward pass once the wanted hidden states are captured."""
-
-
-@torch.no_grad()
-def _build_prefix_cache(model, features, start_block, pad_id, device, dtype, progress) -> dict:
-    """Hidden states entering ``start_block``, one unpadded [len, hidden] tensor per example.
-
-    A pre-hook on that block captures its input and stops the forward pass there, so the blocks
-    above it are never run and the model's own code computes masks and positions as usual.
-    """
-    from tqdm.auto import tqdm
-
-    captured = {}
-
-    def capture(module, args, kwargs):
-        captured["hidden"] = args[0] if args else kwargs["hidden_states"]
-        raise _StopForward
-
-    handle = _decoder_layers(model)[start_block].register_forward_pre_hook(capture, with_kwargs=True)
-    was_training = model.training
-    model.eval()
-    states = []
-    try:
-        for chunk in tqdm(range(0, len(features), 16), desc=f"cache blocks 0-{start_block - 1}", disable=not progress):
-            part = features[chunk : chunk + 16]
-            batch = _collate(part, pad_id, device, None, [])
-            try:
-                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-            except _StopForward:
-                pass
-            for row, f in enumerate(part):
-                states.append(captured["hidden"][row, : len(f["input_ids"])].to("cpu", dtype))
-    finally:
-        handle.remove()
-        model.train(was_training)
-    return {"states": states, "compute_dtype": next(p for p in model.parameters()).dtype}
-
-
-@contextmanager
-def _layers_from(model: nn.Module, start: int | None):
-    """Temporarily keep only decoder blocks ``start:`` (nothing changes when start is None)."""
-    if not start:
-        yield
-        return
-    inner = model.model
-    original = inner.layers
-    inner.layers = nn.ModuleList(list(original)[start:])
-    try:
-        yield
-    finally:
-        inner.layers = original
 
 
 # --- optimizer --------------------------------------------------------------------------------------

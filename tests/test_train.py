@@ -8,6 +8,7 @@ from omoe_lab import AdapterConfig, attach_adapters
 from omoe_lab.data import Example
 from omoe_lab.inject import adapter_state_dict
 from omoe_lab.models import byte_tokenizer
+from omoe_lab.prefix import FrozenPrefix
 from omoe_lab.train import TrainConfig, train
 from tests.conftest import make_tiny_llama
 
@@ -75,15 +76,27 @@ def test_resume_from_another_config_is_refused(tmp_path):
 
 
 def test_prefix_cache_gives_the_same_losses():
+    """Past the first epoch every batch replays cached states, and the losses do not change."""
     tokenizer, data = byte_tokenizer(), toy_examples()
-    config = dict(steps=4, batch_size=4, lr=5e-3, warmup_steps=0)
+    config = dict(steps=9, batch_size=8, lr=5e-3, warmup_steps=0)  # three epochs of 24 examples
     plain = train(fresh_model(layers=[1, 2]), tokenizer, data, TrainConfig(prefix_cache=False, **config), progress=False)
-    cached = train(
-        fresh_model(layers=[1, 2]), tokenizer, data, TrainConfig(prefix_cache=True, prefix_cache_dtype="float32", **config), progress=False
-    )
+    model = fresh_model(layers=[1, 2])
+    prefix = FrozenPrefix(model, start_block=1, dtype=torch.float32)
+    cached = train(model, tokenizer, data, TrainConfig(**config), prefix=prefix, progress=False)
+    assert prefix.replayed_batches == 6 and len(prefix.states) == 24
     assert [h["loss"] for h in cached.history] == pytest.approx([h["loss"] for h in plain.history], rel=1e-5)
-    half = train(fresh_model(layers=[1, 2]), tokenizer, data, TrainConfig(prefix_cache=True, **config), progress=False)
+    half = train(fresh_model(layers=[1, 2]), tokenizer, data, TrainConfig(**config), progress=False)  # float16 states
     assert [h["loss"] for h in half.history] == pytest.approx([h["loss"] for h in plain.history], rel=1e-2)
+
+
+def test_prefix_cache_refuses_adapters_below_its_block():
+    model = fresh_model(layers=[0, 2])
+    prefix = FrozenPrefix(model, start_block=1)
+    ids = torch.randint(3, VOCAB, (2, 5))
+    with prefix.active():
+        model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)  # records
+        with pytest.raises(ValueError, match="stale"):
+            model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
 
 
 def test_gradient_accumulation_matches_one_big_batch():

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data.collate import encode_example
+from .data.collate import encode_example, pad_encoded
 from .data.example import Example
 from .inject import adapter_layers, load_adapters, router_aux_loss, save_adapters
 from .io import atomic_write_text
@@ -166,7 +166,7 @@ def train(
             record_routing = config.routing_every and step % config.routing_every == 0
             for micro in range(config.grad_accum):
                 ids = mine[micro * per_micro : (micro + 1) * per_micro]
-                batch = _collate([features[i] for i in ids], pad_id, device)
+                batch = {k: v.to(device) for k, v in pad_encoded([features[i] for i in ids], pad_id).items()}
                 last = micro == config.grad_accum - 1
                 probing = _routing_probe(model, batch["attention_mask"]) if record_routing and micro == 0 else _nothing()
                 syncing = _nothing() if last else accelerator.no_sync(train_model)  # all-reduce once per step
@@ -228,20 +228,6 @@ def _global_batch(num_examples: int, batch_size: int, step: int, seed: int) -> l
 
 def _count_answer_tokens(feature: dict) -> int:
     return sum(1 for t in feature["labels"][1:] if t != -100)
-
-
-def _collate(features: list[dict], pad_id: int, device) -> dict[str, torch.Tensor]:
-    """Right-pad a micro-batch of encoded examples."""
-    length = max(len(f["input_ids"]) for f in features)
-    input_ids = torch.full((len(features), length), pad_id, dtype=torch.long)
-    labels = torch.full((len(features), length), -100, dtype=torch.long)
-    mask = torch.zeros((len(features), length), dtype=torch.long)
-    for row, f in enumerate(features):
-        n = len(f["input_ids"])
-        input_ids[row, :n] = torch.as_tensor(f["input_ids"])
-        labels[row, :n] = torch.as_tensor(f["labels"])
-        mask[row, :n] = 1
-    return {"input_ids": input_ids.to(device), "labels": labels.to(device), "attention_mask": mask.to(device)}
 
 
 def _answer_token_loss(model: nn.Module, batch: dict) -> torch.Tensor:

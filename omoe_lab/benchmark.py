@@ -129,12 +129,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions per variant; the median is reported")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--gram-dtype", default="float64", choices=["float64", "float32"],
+                        help="precision of OMoE's Gram matrix (default float64, the library default)")
     parser.add_argument("--out", default="benchmarks/results/adapter_layer.json", help="where to write the JSON results")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    OMoELinear.gram_dtype = getattr(torch, args.gram_dtype)
     device = torch.device(args.device)
-    print(f"device={device} threads={torch.get_num_threads()} torch={torch.__version__}")
+    print(f"device={device} threads={torch.get_num_threads()} torch={torch.__version__} gram={args.gram_dtype}")
     print("tokens     d  E   r  variant     fwd+bwd       activations")
     rows = run(device, args.repeats)
     summary = ratios(rows)
@@ -146,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"saved memory naive/omoe {s['saved_naive_over_omoe']:.1f}x"
         )
     result = dict(
-        device=str(device), threads=torch.get_num_threads(), torch=torch.__version__,
+        device=str(device), threads=torch.get_num_threads(), torch=torch.__version__, gram_dtype=args.gram_dtype,
         machine=platform.machine(), processor=platform.processor(), rows=rows, ratios=summary,
     )
     out = Path(args.out)

@@ -24,6 +24,8 @@ class OMoELinear(MoELoRALinear):
     """
 
     method = "omoe"
+    # precision of the Gram matrix and its factorizations (docs/decisions.md); MPS has no float64
+    gram_dtype: torch.dtype = torch.float64
 
     def __init__(self, base_layer: nn.Module, config: AdapterConfig, num_experts: int, layer_index: int | None = None):
         super().__init__(base_layer, config, num_experts, layer_index)
@@ -46,7 +48,7 @@ class OMoELinear(MoELoRALinear):
         flat_a = a.reshape(-1, self.num_experts, self.rank)
         # the Gram and its factorizations run in float64 outside autocast: tiny, and precision-bound
         with torch.autocast(device_type=a.device.type, enabled=False):
-            gram_dtype = torch.float32 if a.device.type == "mps" else torch.float64
+            gram_dtype = torch.float32 if a.device.type == "mps" else self.gram_dtype
             gram = expert_gram(flat_a, self.lora_B, gram_dtype)
             weights = gram_schmidt_weights(
                 gram,

@@ -26,7 +26,8 @@ import torch
 
 from . import __version__
 from .adapters import AdapterConfig
-from .data.collate import TrainCollator
+from .data.collate import IGNORE_INDEX, pad_encoded
+from .data.prompts import build_prompt
 from .data.tasks import TASK_NAMES, load_tasks
 from .evaluate import evaluate
 from .inject import attach_adapters, detach_adapters, save_adapters, trainable_parameters
@@ -149,6 +150,7 @@ class RunConfig:
         return TrainConfig(
             steps=c.steps, batch_size=c.batch_size, lr=c.lr, magnitude_lr=c.magnitude_lr, seed=c.seed,
             max_length=c.max_length, warmup_steps=max(1, c.steps // 10),
+            target="option" if c.protocol == "loglik" else "label",  # train on what is scored
         )
 
     def label(self) -> str:
@@ -232,9 +234,10 @@ def run(
             scored = evaluate(model, tokenizer, test, protocol=resolved.protocol, batch_size=16, progress=progress)
             result.metrics = {
                 "protocol": scored.protocol, "accuracy": scored.accuracy, "per_task": scored.per_task, "n": scored.n,
-                "n_per_task": _count_by_task(test), "chance": scored.chance,
+                "n_per_task": _count_by_task(test), "chance_per_task": scored.chance,
+                "chance": sum(1 / len(ex.options) for ex in test) / len(test),  # uniform guessing
             }
-            if resolved.method != "none":
+            if resolved.method in ("moe", "omoe"):  # a single LoRA has no experts to compare
                 result.experts, result.embedding = analyse_experts(model, tokenizer, test, resolved, progress)
         if resolved.method != "none":
             folder.mkdir(parents=True, exist_ok=True)
@@ -270,11 +273,15 @@ def analyse_experts(model, tokenizer, examples, config: RunConfig, progress: boo
         expert_load, stiefel_error,
     )
 
-    collate = TrainCollator(tokenizer, max_length=config.max_length)
-    batches = [
-        {**collate(examples[i : i + 16]), "task": [ex.task for ex in examples[i : i + 16]]}
-        for i in range(0, len(examples), 16)
-    ]
+    # the scored prompts, tokenized as the scorers do: their frozen-prefix states are already cached
+    prompts = [tokenizer(build_prompt(ex)).input_ids for ex in examples]
+    prompts = [{"input_ids": ids, "labels": [IGNORE_INDEX] * len(ids)} for ids in prompts]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    batches = []
+    for i in range(0, len(examples), 16):
+        padded = pad_encoded(prompts[i : i + 16], pad_id)  # right padding: positions count from 0
+        batches.append({"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"],
+                        "task": [ex.task for ex in examples[i : i + 16]]})
     captured = capture_experts(model, batches, max_tokens=config.capture_tokens, seed=config.seed, progress=progress)
     rows = []
     for name, layer in captured.layers.items():

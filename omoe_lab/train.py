@@ -52,6 +52,7 @@ class TrainConfig:
     warmup_steps: int = 10
     max_grad_norm: float | None = 1.0
     max_length: int = 256
+    target: str = "label"
     seed: int = 0
     routing_every: int = 10
     checkpoint_every: int | None = None
@@ -67,6 +68,8 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.target not in ("label", "option"):
+            raise ValueError(f"target must be 'label' (train on the answer's label word) or 'option' (its text), got {self.target!r}")
         if self.prefix_cache_dtype not in ("float16", "bfloat16", "float32"):
             raise ValueError(f"prefix_cache_dtype must be float16, bfloat16 or float32, got {self.prefix_cache_dtype!r}")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
@@ -130,7 +133,7 @@ def train(
     resume_state = _read_checkpoint(resume_from, fingerprint) if resume_from else None
 
     _seed_everything(config.seed)
-    features = [encode_example(tokenizer, ex, config.max_length) for ex in examples]
+    features = [encode_example(tokenizer, ex, config.max_length, target=config.target) for ex in examples]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = accelerator.device
     model.to(device)

@@ -18,7 +18,9 @@ from .prompts import build_prompt, target_text
 IGNORE_INDEX = -100  # what torch's cross-entropy and HF models skip
 
 
-def encode_example(tokenizer, example: Example, max_length: int, add_eos: bool = True) -> dict[str, list[int]]:
+def encode_example(
+    tokenizer, example: Example, max_length: int, add_eos: bool = True, target: str = "label"
+) -> dict[str, list[int]]:
     """``input_ids`` of prompt + target (+ eos) and ``labels`` that are ``-100`` on the prompt.
 
     Too long a prompt loses tokens from its left (after a leading BOS, which is kept); the target
@@ -28,9 +30,9 @@ def encode_example(tokenizer, example: Example, max_length: int, add_eos: bool =
     eos = tokenizer.eos_token_id
     if prompt_ids and eos is not None and prompt_ids[-1] == eos:
         prompt_ids.pop()  # tokenizers that append EOS to every text would end the prompt early
-    target_ids = list(tokenizer(target_text(example), add_special_tokens=False)["input_ids"])
+    target_ids = list(tokenizer(target_text(example, target), add_special_tokens=False)["input_ids"])
     if not target_ids:
-        raise ValueError(f"{example.task}: target {target_text(example)!r} tokenizes to nothing")
+        raise ValueError(f"{example.task}: target {target_text(example, target)!r} tokenizes to nothing")
     if add_eos and eos is not None:
         target_ids.append(eos)
 

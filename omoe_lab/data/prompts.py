@@ -1,8 +1,10 @@
 """Prompt templates shared by training and every scorer (OMOE_SPEC §7).
 
 The prompt lists the options under short labels and ends with ``"Answer:"``. What follows it is
-- for training and the ``label`` protocol: the label word of an option (``" A"``, ``" true"``),
-- for the ``loglik`` protocol: the option's own text (``" " + option``),
+- for the ``label`` protocol (and training with ``target="label"``): the label word of an option
+  (``" A"``, ``" true"``),
+- for the ``loglik`` protocol (and training with ``target="option"``): the option's own text
+  (``" " + option``),
 - for the ``generate`` protocol: whatever the model writes, parsed back to a label.
 Label words start with a space and their first tokens differ, so one next-token distribution
 scores them all.
@@ -38,9 +40,18 @@ def build_prompt(example: Example) -> str:
     return "\n".join(lines)
 
 
-def target_text(example: Example) -> str:
-    """What training teaches the model to write after the prompt: the correct label word."""
-    return option_labels(example)[example.label]
+def target_text(example: Example, target: str = "label") -> str:
+    """What training teaches the model to write after the prompt.
+
+    ``"label"``: the correct label word (``" B"``), scored by the ``label`` protocol;
+    ``"option"``: the correct option's text, scored by the ``loglik`` protocol. Small models
+    bind answers to letters poorly, so the option text is often the easier thing to learn.
+    """
+    if target == "label":
+        return option_labels(example)[example.label]
+    if target == "option":
+        return option_continuations(example)[example.label]
+    raise ValueError(f"target must be 'label' or 'option', got {target!r}")
 
 
 def option_continuations(example: Example) -> list[str]:

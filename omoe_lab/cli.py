@@ -11,6 +11,10 @@ from .data.tasks import TASK_NAMES
 from .experiments import PROFILES
 
 METHOD_HELP = "lora (one LoRA of rank E·r), moe (vanilla MoE-LoRA), omoe (orthogonal experts)"
+PROTOCOL_HELP = (
+    "loglik: the option with the highest per-token log-likelihood (default); label: the answer label (A/B/true) "
+    "with the highest logit; generate: parse greedy output. Training teaches what the protocol scores."
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,8 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data-dir", default=None, help="folder in LLM-Adapters layout, 'hub', or empty for the built-in suite")
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--limit", type=int, default=None, help="examples per task (default: all)")
-    evaluate.add_argument("--protocol", default="label", choices=["label", "loglik", "generate"],
-                          help="label: logits of the answer labels; loglik: likelihood of each option; generate: parse greedy output")
+    evaluate.add_argument("--protocol", default="loglik", choices=["label", "loglik", "generate"], help=PROTOCOL_HELP)
     evaluate.add_argument("--batch-size", type=int, default=16)
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
     evaluate.set_defaults(handler=_eval)
@@ -101,6 +104,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=None,
                         help="folder in LLM-Adapters layout (e.g. ../shared/data/commonsense), 'hub', or empty for the built-in suite")
     parser.add_argument("--num-experts", type=int, default=4, help="experts per adapted layer (LoRA gets rank × this)")
+    parser.add_argument("--protocol", default="loglik", choices=["loglik", "label"], help=PROTOCOL_HELP)
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the profile's)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: a new runs/<time> folder)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="where finished runs are cached (default: runs/cache)")
@@ -123,7 +127,8 @@ def _common(args) -> dict:
 
     for task in args.tasks:
         get_task(task)  # an unknown task name fails here, before any model is loaded
-    return dict(profile=args.profile, model=args.model, tasks=tuple(args.tasks), data_dir=args.data_dir, steps=args.steps)
+    return dict(profile=args.profile, model=args.model, tasks=tuple(args.tasks), data_dir=args.data_dir, steps=args.steps,
+                protocol=args.protocol)
 
 
 def _demo(args) -> int:

@@ -55,21 +55,23 @@ class Profile:
     description: str
 
 
+ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
 PROFILES = {
     "ci": Profile(
-        "ci", top_blocks=2, target_modules=("q_proj", "v_proj"), rank=4, steps=40, batch_size=8, lr=2e-3,
-        magnitude_lr=2e-2, train_per_task=40, eval_per_task=24, capture_tokens=256, max_length=192,
-        description="smallest run that still learns: CI and notebook tests on 2 CPU cores",
+        "ci", top_blocks=2, target_modules=ALL_PROJECTIONS, rank=4, steps=40, batch_size=8, lr=1e-3,
+        magnitude_lr=1e-2, train_per_task=40, eval_per_task=24, capture_tokens=256, max_length=192,
+        description="the smallest real run: CI and notebook tests on 2 CPU cores",
     ),
     "quick": Profile(
-        "quick", top_blocks=4, target_modules=("q_proj", "v_proj"), rank=8, steps=120, batch_size=8, lr=2e-3,
-        magnitude_lr=2e-2, train_per_task=96, eval_per_task=50, capture_tokens=512, max_length=256,
+        "quick", top_blocks=4, target_modules=ALL_PROJECTIONS, rank=4, steps=80, batch_size=8, lr=1e-3,
+        magnitude_lr=1e-2, train_per_task=40, eval_per_task=24, capture_tokens=512, max_length=256,
         description="a learner's CPU laptop run (minutes)",
     ),
     "full": Profile(
-        "full", top_blocks=None, target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-        rank=16, steps=2000, batch_size=16, lr=2e-4, magnitude_lr=2e-3, train_per_task=None, eval_per_task=None,
-        capture_tokens=2048, max_length=512, description="the paper's setting (r=16, alpha=32, lr 2e-4, batch 16) for a GPU",
+        "full", top_blocks=None, target_modules=ALL_PROJECTIONS, rank=16, steps=2000, batch_size=16, lr=2e-4,
+        magnitude_lr=2e-3, train_per_task=None, eval_per_task=None, capture_tokens=2048, max_length=512,
+        description="the paper's setting (r=16, alpha=32, lr 2e-4, batch 16) for a GPU",
     ),
 }
 
@@ -86,6 +88,9 @@ def profile_from_env(name: str | None = None) -> Profile:
 class RunConfig:
     """One experiment. ``None`` fields take the profile's value; ``method="none"`` is zero-shot.
 
+    Training teaches what the protocol scores: the option text under ``loglik`` (the default,
+    and the protocol a 135M model does best with), the label word under ``label``.
+
     For ``method="lora"`` the rank is ``num_experts × rank`` so that LoRA has the same A/B
     parameter budget as the mixtures it is compared with.
     """
@@ -99,7 +104,7 @@ class RunConfig:
     model: str = "default"
     tasks: tuple[str, ...] = tuple(TASK_NAMES)
     data_dir: str | None = None
-    protocol: str = "label"
+    protocol: str = "loglik"
     rank: int | None = None
     top_blocks: int | None = None
     target_modules: tuple[str, ...] | None = None

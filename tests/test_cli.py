@@ -41,11 +41,11 @@ def test_train_then_eval_with_saved_adapters(capsys, tmp_path):
     args = ["--model", "tiny", "--profile", "ci", "--tasks", "boolq", "--steps", "2", "--no-progress"]
     assert main(["train", *args, "--method", "moe", "--num-experts", "2", "--out", str(tmp_path)]) == 0
     trained = json.loads(capsys.readouterr().out)
-    assert trained["metrics"]["protocol"] == "label"
+    assert trained["metrics"]["protocol"] == "loglik"
     assert main(["eval", "--model", "tiny", "--adapters", trained["adapters"], "--tasks", "boolq", "--limit", "4", "--json"]) == 0
     out = capsys.readouterr().out
     scored = json.loads(out[out.index("{"):])
-    assert scored["protocol"] == "label" and scored["n"] == 4 and set(scored["per_task"]) == {"boolq"}
+    assert scored["protocol"] == "loglik" and scored["n"] == 4 and set(scored["per_task"]) == {"boolq"}
 
 
 def test_parser_defaults_are_sensible():

@@ -17,7 +17,7 @@ def test_one_run_trains_evaluates_analyses_and_replays_from_cache(tmp_path):
     config = RunConfig(method="omoe", num_experts=3, top_k=2, **SMALL)
     result = run(config, cache_dir=tmp_path, progress=False)
     assert not result.from_cache and len(result.history) == 3
-    assert result.metrics["protocol"] == "label" and result.metrics["n"] == 8
+    assert result.metrics["protocol"] == "loglik" and result.metrics["n"] == 8
     assert result.metrics["n_per_task"] == {"boolq": 4, "piqa": 4}
     assert 0.0 <= result.metrics["accuracy"] <= 1.0
     layers = result.experts
@@ -45,7 +45,7 @@ def test_compare_gives_a_tidy_table_with_protocol_and_counts(tmp_path):
     table, results = compare(["lora", "moe"], [2], [0, 1], cache_dir=tmp_path, progress=False, **SMALL)
     assert [r.label for r in results] == ["zero-shot", "LoRA r=8", "LoRA r=8", "MoE-LoRA E=2 soft", "MoE-LoRA E=2 soft"]
     overall = table[table.task == "all"]
-    assert len(overall) == 5 and set(overall.protocol) == {"label"} and set(overall.n) == {8}
+    assert len(overall) == 5 and set(overall.protocol) == {"loglik"} and set(overall.n) == {8}
     summary = summarize(table)
     lora = summary[(summary.method == "lora") & (summary.task == "all")].iloc[0]
     accs = table[(table.method == "lora") & (table.task == "all")].accuracy

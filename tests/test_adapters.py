@@ -244,3 +244,12 @@ def test_bad_config_is_refused(kwargs, message):
 def test_rank_larger_than_layer_is_refused():
     with pytest.raises(ValueError, match="rank=32 exceeds"):
         OMoELinear(nn.Linear(D_IN, D_OUT), AdapterConfig(rank=32), 4)
+
+
+def test_float32_gram_option_stays_close_to_the_reference():
+    """The Gram in float32 (the spec's choice, faster) loses a little precision but not the answer."""
+    layer = make_layer("omoe", top_k=3)
+    layer.gram_dtype = torch.float32
+    x = torch.randn(64, D_IN)
+    reference = layer.scaling * layer.magnitude * (layer.route(x).unsqueeze(-1) * layer.orthogonal_outputs(x)).sum(-2)
+    assert rel_err(layer.adapter_output(x), reference) < 1e-4

@@ -48,6 +48,12 @@ def test_train_then_eval_with_saved_adapters(capsys, tmp_path):
     assert scored["protocol"] == "loglik" and scored["n"] == 4 and set(scored["per_task"]) == {"boolq"}
 
 
+def test_bench_passes_its_options_through(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--help"])
+    assert exit_info.value.code == 0 and "--gram-dtype" in capsys.readouterr().out
+
+
 def test_parser_defaults_are_sensible():
     args = build_parser().parse_args(["demo"])
     assert args.methods == ["lora", "moe", "omoe"] and args.num_experts == 4 and args.seeds == [0]

@@ -57,6 +57,10 @@ class AdapterConfig:
     def __post_init__(self):
         if isinstance(self.target_modules, tuple):
             self.target_modules = list(self.target_modules)
+        if self.layers is not None:
+            self.layers = [int(i) for i in self.layers]  # accepts range(...); stays JSON-friendly
+        if self.experts_pattern is not None:
+            self.experts_pattern = [int(n) for n in self.experts_pattern]
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}: choose one of {list(METHODS)}")
         if self.method == "lora":

@@ -21,8 +21,10 @@ from omoe_lab.models import FIX_COMMAND, default_model_available
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-CELL_TIMEOUT_S = 1800  # 01_collapse's compare() cell trains three runs in one cell
-NOTEBOOK_TIMEOUT_S = 3600
+# Guards against a hung kernel, not a budget: 01_collapse's compare() cell trains its runs in one
+# cell (~8 min under ci on 2 cores), and a machine busy with other jobs can make that 3-4 times slower.
+CELL_TIMEOUT_S = 3600
+NOTEBOOK_TIMEOUT_S = 5400
 
 
 def test_notebooks_are_committed_clean():

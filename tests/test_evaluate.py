@@ -92,7 +92,10 @@ def test_absolute_position_model_is_padding_invariant(tiny):
 
     _, tokenizer = tiny
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=256, n_embd=32, n_layer=2, n_head=2, initializer_range=0.2)
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=256, n_embd=32, n_layer=2, n_head=2, initializer_range=0.2,
+        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
     model = GPT2LMHeadModel(config).eval()
     single = evaluate(model, tokenizer, EXAMPLES, "loglik", batch_size=1, progress=False)
     batched = evaluate(model, tokenizer, EXAMPLES, "loglik", batch_size=4, progress=False)

@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import pandas as pd
-import torch
 
 from . import __version__
 from .adapters import AdapterConfig
-from .data.collate import IGNORE_INDEX, pad_encoded
+from .data.collate import IGNORE_INDEX, pad_encoded, pad_token_id
 from .data.prompts import build_prompt
 from .data.tasks import TASK_NAMES, load_tasks
 from .evaluate import evaluate
@@ -281,7 +280,7 @@ def analyse_experts(model, tokenizer, examples, config: RunConfig, progress: boo
     # the scored prompts, tokenized as the scorers do: their frozen-prefix states are already cached
     prompts = [tokenizer(build_prompt(ex)).input_ids for ex in examples]
     prompts = [{"input_ids": ids, "labels": [IGNORE_INDEX] * len(ids)} for ids in prompts]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     batches = []
     for i in range(0, len(examples), 16):
         padded = pad_encoded(prompts[i : i + 16], pad_id)  # right padding: positions count from 0

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data.collate import encode_example, pad_encoded
+from .data.collate import encode_example, pad_encoded, pad_token_id
 from .data.example import Example
 from .inject import adapter_layers, load_adapters, router_aux_loss, save_adapters
 from .io import atomic_write_text
@@ -134,7 +134,7 @@ def train(
 
     _seed_everything(config.seed)
     features = [encode_example(tokenizer, ex, config.max_length, target=config.target) for ex in examples]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     device = accelerator.device
     model.to(device)
     start_block = first_adapted_block(model)

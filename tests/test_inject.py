@@ -5,7 +5,6 @@ import copy
 
 import pytest
 import torch
-from torch import nn
 
 import omoe_lab
 from omoe_lab import AdapterConfig, adapter_layers, attach_adapters, detach_adapters, load_adapters, save_adapters

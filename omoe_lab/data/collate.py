@@ -18,6 +18,11 @@ from .prompts import build_prompt, target_text
 IGNORE_INDEX = -100  # what torch's cross-entropy and HF models skip
 
 
+def pad_token_id(tokenizer) -> int | None:
+    """The id to pad with: the tokenizer's pad token, else its EOS (padding is masked anyway)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def encode_example(
     tokenizer, example: Example, max_length: int, add_eos: bool = True, target: str = "label"
 ) -> dict[str, list[int]]:
@@ -57,7 +62,7 @@ class TrainCollator:
     """
 
     def __init__(self, tokenizer, max_length: int = 256, add_eos: bool = True):
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        pad = pad_token_id(tokenizer)
         if pad is None:
             raise ValueError("TrainCollator: the tokenizer has neither a pad nor an EOS token to pad with")
         self.tokenizer, self.max_length, self.add_eos, self.pad_token_id = tokenizer, max_length, add_eos, pad

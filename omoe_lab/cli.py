@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--top-k", type=int, default=None, help="route each token to its k best experts (default: soft routing)")
     train.add_argument("--orthogonalize", default="stiefel", choices=["stiefel", "orthogonal", "norm_preserving"],
                        help="OMoE mode: unit orthonormal outputs, unnormalized residuals, or orthogonal with each expert's own norm")
+    train.add_argument("--b-init-std", type=float, default=None,
+                       help="std of lora_B's random init (default: 0 for lora/moe, 0.02 for omoe); a positive value with "
+                       "--method moe starts vanilla experts like OMoE's, the control for the random start")
     train.add_argument("--seed", type=int, default=0)
     train.set_defaults(handler=_train)
 
@@ -136,15 +139,18 @@ def _common(args) -> dict:
 
 def _demo(args) -> int:
     from .experiments import compare
-    from .report import environment_info, write_report
+    from .report import environment_info, paired_with_zero_shot, write_report
 
     common = _common(args)
     out = _out_dir(args, "demo")
     table, results = compare(args.methods, [args.num_experts], args.seeds, cache_dir=args.cache_dir, progress=not args.no_progress, **common)
     report = write_report(results, out, title="omoe_lab demo: LoRA vs MoE-LoRA vs OMoE", environment=environment_info())
+    paired = paired_with_zero_shot(results)
     for r in results:
-        print(f"{r.label:32s} accuracy {r.metrics['accuracy']:.3f} ({r.metrics['protocol']}, n={r.metrics['n']})"
-              f"{'  [cached]' if r.from_cache else f'  {r.seconds:.0f} s'}")
+        test = paired.get(r.label)
+        versus = f"  vs zero-shot: +{test['gained']} -{test['lost']} questions, McNemar p={test['p']:.3f}" if test else ""
+        print(f"{r.label:26s} accuracy {r.metrics['accuracy']:.3f} ({r.metrics['protocol']}, n={r.metrics['n']})"
+              f"{'  [cached]' if r.from_cache else f'  {r.seconds:4.0f} s'}{versus}")
     print(f"\nreport: {report}\nmetrics: {out / 'metrics.json'}")
     return 0
 
@@ -154,7 +160,7 @@ def _train(args) -> int:
 
     common = _common(args)
     config = RunConfig(method=args.method, num_experts=args.num_experts, top_k=args.top_k, orthogonalize=args.orthogonalize,
-                       seed=args.seed, **common)
+                       seed=args.seed, b_init_std=args.b_init_std, **common)
     out = _out_dir(args, "train")
     result = run(config, cache_dir=out, progress=not args.no_progress)
     print(json.dumps({"label": result.label, "metrics": result.metrics, "folder": result.folder,

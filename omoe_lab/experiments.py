@@ -115,6 +115,7 @@ class RunConfig:
     eval_per_task: int | None = None
     capture_tokens: int | None = None
     max_length: int | None = None
+    b_init_std: float | None = None  # AdapterConfig's; > 0 for "moe" is the random-start control
 
     def resolved(self) -> "RunConfig":
         """A copy with every size filled from the profile (and the profile's name fixed)."""
@@ -146,7 +147,7 @@ class RunConfig:
         return AdapterConfig(
             method=c.method, num_experts=max(c.num_experts, 1), rank=rank, alpha=2 * rank, top_k=c.top_k,
             orthogonalize=c.orthogonalize or "stiefel", target_modules=list(c.target_modules),
-            layers=list(range(first, num_blocks)), seed=c.seed,
+            layers=list(range(first, num_blocks)), seed=c.seed, b_init_std=c.b_init_std,
         )
 
     def train_config(self) -> TrainConfig:
@@ -165,7 +166,8 @@ class RunConfig:
             return f"LoRA r={c.rank * c.num_experts}"
         routing = f"top-{c.top_k}" if c.top_k else "soft"
         name = "MoE-LoRA" if c.method == "moe" else f"OMoE ({c.orthogonalize})"
-        return f"{name} E={c.num_experts} {routing}"
+        start = f", B ~ N(0, {c.b_init_std}²)" if c.method == "moe" and c.b_init_std else ""
+        return f"{name} E={c.num_experts} {routing}{start}"
 
 
 @dataclass
@@ -240,6 +242,7 @@ def run(
                 "protocol": scored.protocol, "accuracy": scored.accuracy, "per_task": scored.per_task, "n": scored.n,
                 "n_per_task": _count_by_task(test), "chance_per_task": scored.chance,
                 "chance": sum(1 / len(ex.options) for ex in test) / len(test),  # uniform guessing
+                "correct": [int(p.correct) for p in scored.predictions],  # in test order, for paired tests
             }
             if resolved.method in ("moe", "omoe"):  # a single LoRA has no experts to compare
                 result.experts, result.embedding = analyse_experts(model, tokenizer, test, resolved, progress)
@@ -392,6 +395,25 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
             kind = "Wilson over examples"
         out.append({**dict(zip(keys, group)), "accuracy": mean, "low": low, "high": high, "seeds": seeds, "n": n, "interval": kind})
     return pd.DataFrame(out)
+
+
+def paired_test(correct_a: Sequence[int], correct_b: Sequence[int]) -> dict[str, float]:
+    """Exact McNemar test: do scorers a and b differ in accuracy on the same test questions?
+
+    Only the questions they disagree on carry information: ``gained`` (b right, a wrong) and
+    ``lost`` (a right, b wrong). If a and b were equally accurate, each disagreement would be a
+    fair coin flip, so p = P(a split at least this uneven | gained + lost flips, ½), two-sided.
+    Pairing removes the shared difficulty of the questions, so it detects differences that two
+    overlapping Wilson intervals cannot.
+    """
+    from scipy.stats import binomtest
+
+    if len(correct_a) != len(correct_b):
+        raise ValueError(f"paired_test needs the same questions: got {len(correct_a)} and {len(correct_b)} answers")
+    gained = sum(1 for a, b in zip(correct_a, correct_b) if b and not a)
+    lost = sum(1 for a, b in zip(correct_a, correct_b) if a and not b)
+    p = binomtest(gained, gained + lost, 0.5).pvalue if gained + lost else 1.0
+    return {"gained": gained, "lost": lost, "p": float(p)}
 
 
 def _wilson(p: float, n: int, z: float = 1.959964) -> tuple[float, float]:

@@ -24,7 +24,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from . import __version__, viz
-from .experiments import PROFILES, RunResult, results_table, summarize
+from .experiments import PROFILES, RunResult, paired_test, results_table, summarize
 from .io import atomic_write_text
 
 SECTIONS = (
@@ -49,9 +49,14 @@ _EXPLAIN = {
         "named in each row (label: the answer-label token with the highest logit; loglik: the option with "
         "the highest log-likelihood; generate: the first answer found in generated text). The 95 % interval "
         "shows how far the number could move by chance alone: with one seed it is a Wilson interval over the "
-        "n test examples, with several seeds a Student-t interval over the seeds. Chance is what random "
-        "guessing would score. Trainable parameters are the adapter weights being learned, as a count and "
-        "as a share of the whole model; zero-shot trains nothing and shows the frozen model as it is. "
+        "n test examples, with several seeds a Student-t interval over the seeds. The sentence under the table "
+        "pairs each single-seed fine-tuned run with zero-shot on the same questions: it counts the questions the "
+        "run gained (right where zero-shot was wrong) and lost, and gives the exact McNemar p-value, the chance "
+        "of a split at least that uneven if both were equally accurate (below 0.05 is the usual bar). Pairing "
+        "removes how hard each question is, so it can tell two methods apart when their intervals overlap. "
+        "Chance is what random guessing would score. Trainable parameters are the adapter weights being "
+        "learned, as a count and as a share of the whole model; zero-shot trains nothing and shows the frozen "
+        "model as it is. "
         "Run time covers training, evaluation and the expert analysis."
     ),
     "per-task": (
@@ -180,9 +185,10 @@ def write_report(
     environment = environment if environment is not None else environment_info()
     summary = summarize(results_table(results))
     overall = summary[summary["task"] == "all"]
-    comparison = compare_with_zero_shot(overall)
+    paired = paired_with_zero_shot(results)
+    comparison = compare_with_zero_shot(overall, paired)
     page = _render(results, summary, overall, comparison, title, notes, environment)
-    metrics = _metrics(results, summary, comparison, title, environment)
+    metrics = _metrics(results, summary, comparison, paired, title, environment)
 
     out_dir = Path(out_dir)
     try:
@@ -193,12 +199,37 @@ def write_report(
         raise OSError(f"cannot write the report into {out_dir}: {error.strerror or error}") from error
 
 
-def compare_with_zero_shot(overall: pd.DataFrame) -> str:
+def paired_with_zero_shot(results: Sequence[RunResult]) -> dict[str, dict]:
+    """``experiments.paired_test`` of every single-seed fine-tuned run against the zero-shot run
+    that answered the same questions (same model, tasks, data, test size and protocol), by label."""
+    same = ("model", "tasks", "data_dir", "eval_per_task", "protocol")
+    zero_shot = [r for r in results if r.config.get("method") == "none" and "correct" in r.metrics]
+    tests = {}
+    for label, group in _runs_by_label(results).items():
+        run = group[0]
+        if len(group) > 1 or run.config.get("method") == "none" or "correct" not in run.metrics:
+            continue  # several seeds are compared by their interval over seeds instead
+        base = [z for z in zero_shot if all(z.config.get(k) == run.config.get(k) for k in same)]
+        if base and len(base[0].metrics["correct"]) == len(run.metrics["correct"]):
+            tests[label] = paired_test(base[0].metrics["correct"], run.metrics["correct"])
+    return tests
+
+
+def compare_with_zero_shot(overall: pd.DataFrame, paired: dict[str, dict] | None = None) -> str:
     """Which fine-tuned methods beat zero-shot, and by how many points, per protocol.
 
-    ``overall``: rows of ``summarize`` for task ``"all"``. Differences are rounded to 0.1
-    point first, so the words always agree with the numbers printed next to them.
+    ``overall``: rows of ``summarize`` for task ``"all"``; ``paired``: ``paired_with_zero_shot``
+    by label, quoted where present (else the sentence says when the 95 % intervals overlap).
+    Differences are rounded to 0.1 point first, so the words agree with the numbers next to them.
     """
+    paired = paired or {}
+
+    def evidence(row, base) -> str:
+        if row["label"] in paired:
+            t = paired[row["label"]]
+            return f"; {t['gained']} questions gained, {t['lost']} lost, McNemar p = {_p_value(t['p'])}"
+        return ", though the 95 % intervals overlap" if _intervals_overlap(row, base) else ""
+
     sentences = []
     for protocol, rows in overall.groupby("protocol", sort=False):
         zero_shot = rows[rows["method"] == "none"]
@@ -214,10 +245,9 @@ def compare_with_zero_shot(overall: pd.DataFrame) -> str:
         for _, row in tuned.iterrows():
             points = round(100 * (row["accuracy"] - base["accuracy"]), 1)
             if points > 0:
-                overlap = ", though the 95 % intervals overlap" if _intervals_overlap(row, base) else ""
-                above.append(f"{row['label']} by {points:.1f} points ({_percent(row['accuracy'])} %{overlap})")
+                above.append(f"{row['label']} by {points:.1f} points ({_percent(row['accuracy'])} %{evidence(row, base)})")
             elif points < 0:
-                below.append(f"{row['label']}, {-points:.1f} points below ({_percent(row['accuracy'])} %)")
+                below.append(f"{row['label']}, {-points:.1f} points below ({_percent(row['accuracy'])} %{evidence(row, base)})")
             else:
                 tied.append(f"{row['label']} ({_percent(row['accuracy'])} %)")
         sentence = f"Under the {protocol} protocol zero-shot scores {_percent(base['accuracy'])} %."
@@ -492,7 +522,7 @@ def _layer_bars(frame: pd.DataFrame, measures: list[tuple[str, str]], title: str
 
 
 # --- metrics.json ------------------------------------------------------------------------------
-def _metrics(results, summary, comparison, title, environment) -> str:
+def _metrics(results, summary, comparison, paired, title, environment) -> str:
     runs = [{
         "label": r.label, "key": r.key, "seed": r.config.get("seed"), "config": r.config, "metrics": r.metrics,
         "parameters": r.parameters, "seconds": r.seconds,
@@ -501,7 +531,8 @@ def _metrics(results, summary, comparison, title, environment) -> str:
     } for r in results]
     payload = {
         "title": title, "created": environment.get("date"), "environment": environment,
-        "summary": summary.to_dict(orient="records"), "zero_shot_comparison": comparison, "runs": runs,
+        "summary": summary.to_dict(orient="records"), "zero_shot_comparison": comparison,
+        "paired_vs_zero_shot": paired, "runs": runs,
     }
     # strict JSON: NaN (e.g. an interval over 0 examples) becomes null, numpy scalars plain numbers
     return json.dumps(_jsonable(payload), indent=1, allow_nan=False) + "\n"
@@ -579,6 +610,10 @@ def _top_layers(rows: list[dict], count: int) -> list[dict]:
 def _in_block_order(frame: pd.DataFrame) -> pd.DataFrame:
     keys = frame.apply(lambda row: _sort_key(row.to_dict()), axis=1)
     return frame.iloc[sorted(range(len(frame)), key=lambda i: keys.iloc[i])].reset_index(drop=True)
+
+
+def _p_value(p: float) -> str:
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def _intervals_overlap(a, b) -> bool:

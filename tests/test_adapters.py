@@ -234,11 +234,35 @@ def test_forward_traces_as_one_graph_without_host_syncs():
         (dict(top_k=1, top_p=0.5), "not both"),
         (dict(top_p=1.5), "top_p"),
         (dict(rank=0), "rank must be >= 1"),
+        (dict(method="omoe", b_init_std=0.0), "b_init_std"),
+        (dict(method="moe", b_init_std=-1.0), "b_init_std"),
     ],
 )
 def test_bad_config_is_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         AdapterConfig(**kwargs)
+
+
+@pytest.mark.parametrize("method", ["lora", "moe", "omoe"])
+def test_every_method_starts_as_the_base_model(method):
+    """LoRA and MoE-LoRA through B = 0, OMoE through magnitude = 0 with a random B (std 0.02)."""
+    torch.manual_seed(0)
+    layer = {"lora": LoRALinear, "moe": MoELoRALinear, "omoe": OMoELinear}[method](
+        nn.Linear(D_IN, D_OUT), AdapterConfig(method=method, num_experts=4, rank=4), 4)
+    x = torch.randn(16, D_IN)
+    assert torch.equal(layer(x), layer.base_layer(x))
+    if method == "omoe":
+        assert layer.lora_B.std().item() == pytest.approx(0.02, rel=0.1)
+    else:
+        assert not layer.lora_B.any()
+
+
+def test_vanilla_experts_can_start_from_omoes_random_b():
+    """The control run: same random B as OMoE, no orthogonalization, so the start is not the base model."""
+    torch.manual_seed(0)
+    layer = MoELoRALinear(nn.Linear(D_IN, D_OUT), AdapterConfig(method="moe", num_experts=4, rank=4, b_init_std=0.02), 4)
+    assert layer.lora_B.std().item() == pytest.approx(0.02, rel=0.1)
+    assert layer.adapter_output(torch.randn(16, D_IN)).abs().max() > 0
 
 
 def test_rank_larger_than_layer_is_refused():

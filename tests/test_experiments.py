@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from omoe_lab.experiments import PROFILES, RunConfig, compare, profile_from_env, run, summarize
+from omoe_lab.experiments import PROFILES, RunConfig, compare, paired_test, profile_from_env, run, summarize
 
 SMALL = dict(
     model="tiny", profile="ci", tasks=("boolq", "piqa"), steps=3, batch_size=4, train_per_task=4, eval_per_task=4,
@@ -58,3 +58,33 @@ def test_compare_gives_a_tidy_table_with_protocol_and_counts(tmp_path):
     half = z * math.sqrt(0.25 / 8 + z * z / 256) / (1 + z * z / 8)
     if zero.accuracy == 0.5:
         assert zero.high - zero.low == pytest.approx(2 * half)
+
+
+def _mcnemar_by_hand(gained: int, lost: int) -> float:
+    """Two-sided exact McNemar: twice the smaller binomial(½) tail of the discordant split, capped at 1."""
+    n = gained + lost
+    tail = sum(math.comb(n, k) for k in range(min(gained, lost) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+@pytest.mark.parametrize("gained,lost", [(30, 19), (12, 2), (5, 5), (0, 7), (1, 0)])
+def test_paired_test_is_the_exact_mcnemar_test(gained, lost):
+    # questions both got right and both got wrong must not change anything
+    zero_shot = [0] * gained + [1] * lost + [1] * 40 + [0] * 25
+    tuned = [1] * gained + [0] * lost + [1] * 40 + [0] * 25
+    result = paired_test(zero_shot, tuned)
+    assert (result["gained"], result["lost"]) == (gained, lost)
+    assert result["p"] == pytest.approx(_mcnemar_by_hand(gained, lost), rel=1e-9)
+
+
+def test_paired_test_without_disagreement_and_with_different_questions():
+    assert paired_test([1, 0, 1], [1, 0, 1]) == {"gained": 0, "lost": 0, "p": 1.0}
+    with pytest.raises(ValueError, match="same questions"):
+        paired_test([1, 0], [1, 0, 1])
+
+
+def test_runs_record_which_questions_they_got_right(tmp_path):
+    result = run(RunConfig(method="none", **SMALL), cache_dir=tmp_path, progress=False)
+    correct = result.metrics["correct"]
+    assert len(correct) == result.metrics["n"] and set(correct) <= {0, 1}
+    assert sum(correct) / len(correct) == pytest.approx(result.metrics["accuracy"])

@@ -1,5 +1,6 @@
 """The HTML report and metrics.json, from hand-built runs (no model, no training)."""
 import json
+import math
 import re
 
 import pytest
@@ -103,7 +104,7 @@ def test_zero_shot_sentence_is_true_to_the_numbers(written):
     _, page = written
     expected = ("Under the label protocol zero-shot scores 50.0 %. Beat it: MoE-LoRA E=4 soft by 5.0 points (55.0 %, "
                 "though the 95 % intervals overlap); OMoE <stiefel> E=4 soft by 12.5 points (62.5 %, though the 95 % "
-                "intervals overlap). Did not beat it: LoRA r=16, 5.0 points below (45.0 %).")
+                "intervals overlap). Did not beat it: LoRA r=16, 5.0 points below (45.0 %, though the 95 % intervals overlap).")
     from html import escape
 
     assert escape(expected) in page
@@ -208,3 +209,25 @@ def test_mixture_without_optional_measures_and_no_zero_shot(tmp_path):
     assert "No run was trained" not in text  # LoRA has a history: its curve is drawn
     assert "No mixture run stored an embedding" in text and "No run has a router" in text
     assert "<td class=num>0.900</td><td class=num>—</td>" in text  # mean CKA shown, effective rank missing
+
+
+def test_single_seed_runs_are_paired_with_zero_shot_on_the_same_questions(tmp_path):
+    # 40 questions: zero-shot gets the first 20 right; OMoE keeps 17 of them and gains 8 more
+    zero_shot = _run("none", "zero-shot", 0.5)
+    zero_shot.metrics["correct"] = [1] * 20 + [0] * 20
+    omoe = _run("omoe", "OMoE E=4 soft", 0.625)
+    omoe.metrics["correct"] = [1] * 17 + [0] * 3 + [1] * 8 + [0] * 12
+    lora = _run("lora", "LoRA r=16", 0.45, experts=1)  # no answers recorded: falls back to intervals
+    other = _run("moe", "MoE-LoRA E=4 soft", 0.55)
+    other.config["eval_per_task"] = 99  # answered other questions: not paired
+    other.metrics["correct"] = [1] * 22 + [0] * 18
+    write_report([zero_shot, omoe, lora, other], tmp_path, environment=ENVIRONMENT)
+    data = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
+    assert set(data["paired_vs_zero_shot"]) == {"OMoE E=4 soft"}
+    test = data["paired_vs_zero_shot"]["OMoE E=4 soft"]
+    assert (test["gained"], test["lost"]) == (8, 3)
+    assert test["p"] == pytest.approx(2 * sum(math.comb(11, k) for k in range(4)) / 2**11)  # 0.2266
+    sentence = data["zero_shot_comparison"]
+    assert "OMoE E=4 soft by 12.5 points (62.5 %; 8 questions gained, 3 lost, McNemar p = 0.227)" in sentence
+    assert "MoE-LoRA E=4 soft by 5.0 points (55.0 %, though the 95 % intervals overlap)" in sentence
+    assert "LoRA r=16, 5.0 points below (45.0 %, though the 95 % intervals overlap)" in sentence

@@ -32,8 +32,11 @@ class AdapterConfig:
     load_balance_coef, router_z_coef: router auxiliary losses; ``None`` = 0.01 and 0.001 under
                     sparse routing, 0 under soft routing.
     router_init_std: std of the router's normal init (0 = uniform gates at start).
-    omoe_b_init_std: std of OMoE's ``lora_B`` init (non-zero so Gram–Schmidt has directions; the
-                    zero start comes from ``magnitude = 0`` instead, OMOE_SPEC §4).
+    b_init_std:     std of the normal init of ``lora_B``. ``None``: 0 for LoRA and MoE-LoRA (the
+                    adapter starts at zero), 0.02 for OMoE (Gram–Schmidt needs directions; its zero
+                    start comes from ``magnitude = 0``, OMOE_SPEC §4). A positive value for ``moe``
+                    starts vanilla experts from OMoE's random B: the control for "is diversity
+                    just the random start?" (docs/results.md).
     """
 
     method: str = "omoe"
@@ -51,7 +54,7 @@ class AdapterConfig:
     load_balance_coef: float | None = None
     router_z_coef: float | None = None
     router_init_std: float = 0.02
-    omoe_b_init_std: float = 0.02
+    b_init_std: float | None = None
     seed: int | None = 0
 
     def __post_init__(self):
@@ -87,8 +90,11 @@ class AdapterConfig:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if not 0.0 < self.redundancy_tol < 1.0:
             raise ValueError(f"redundancy_tol must be in (0, 1), got {self.redundancy_tol}")
-        if self.method == "omoe" and self.omoe_b_init_std <= 0:
-            raise ValueError("omoe_b_init_std must be > 0: Gram–Schmidt needs non-zero expert outputs")
+        if self.b_init_std is None:
+            self.b_init_std = 0.02 if self.method == "omoe" else 0.0
+        if self.b_init_std < 0 or (self.method == "omoe" and self.b_init_std == 0):
+            raise ValueError(f"b_init_std must be >= 0, and > 0 for method='omoe' (Gram–Schmidt needs non-zero "
+                             f"expert outputs); got {self.b_init_std}")
         sparse = self.sparse
         if self.load_balance_coef is None:
             self.load_balance_coef = 0.01 if sparse else 0.0

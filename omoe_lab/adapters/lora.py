@@ -50,10 +50,14 @@ class LoRALinear(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """A ~ U(±1/√d_in) (Kaiming-uniform, as in LoRA); B = 0, so the adapter starts at zero."""
+        """A ~ U(±1/√d_in) (Kaiming-uniform, as in LoRA); B = 0, so the adapter starts at zero,
+        unless ``config.b_init_std`` asks for a random B."""
         bound = 1.0 / math.sqrt(self.in_features)
         nn.init.uniform_(self.lora_A, -bound, bound)
-        nn.init.zeros_(self.lora_B)
+        if self.config.b_init_std:
+            nn.init.normal_(self.lora_B, std=self.config.b_init_std)
+        else:
+            nn.init.zeros_(self.lora_B)
 
     # --- the maths, per token -------------------------------------------------------------
     def expert_inputs(self, x: torch.Tensor) -> torch.Tensor:

@@ -33,10 +33,6 @@ class OMoELinear(MoELoRALinear):
         self.redundancy_tol = config.redundancy_tol
         self.magnitude = nn.Parameter(torch.zeros((), device=self.lora_A.device))
 
-    def reset_parameters(self) -> None:
-        super().reset_parameters()
-        nn.init.normal_(self.lora_B, std=self.config.omoe_b_init_std)
-
     def orthogonal_outputs(self, x: torch.Tensor) -> torch.Tensor:
         """``q_k`` [..., E, d_out] by explicit Gram–Schmidt on the materialized experts (reference)."""
         gates, active = self.route_with_mask(x)

@@ -59,12 +59,12 @@ ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 PROFILES = {
     "ci": Profile(
         "ci", top_blocks=2, target_modules=ALL_PROJECTIONS, rank=4, steps=40, batch_size=8, lr=1e-3,
-        magnitude_lr=1e-2, train_per_task=40, eval_per_task=24, capture_tokens=256, max_length=192,
+        magnitude_lr=5e-2, train_per_task=40, eval_per_task=24, capture_tokens=256, max_length=192,
         description="the smallest real run: CI and notebook tests on 2 CPU cores",
     ),
     "quick": Profile(
-        "quick", top_blocks=4, target_modules=ALL_PROJECTIONS, rank=4, steps=80, batch_size=8, lr=1e-3,
-        magnitude_lr=1e-2, train_per_task=40, eval_per_task=24, capture_tokens=512, max_length=256,
+        "quick", top_blocks=4, target_modules=ALL_PROJECTIONS, rank=4, steps=120, batch_size=8, lr=1e-3,
+        magnitude_lr=5e-2, train_per_task=100, eval_per_task=32, capture_tokens=512, max_length=256,
         description="a learner's CPU laptop run (minutes)",
     ),
     "full": Profile(

@@ -34,13 +34,13 @@ import json
 import os
 import random
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from ..io import atomic_write_text
 from . import knowledge as K
 
 TASK_NAMES = ("boolq", "piqa", "social_i_qa", "hellaswag", "winogrande", "ARC-Easy", "ARC-Challenge",
@@ -1138,19 +1138,6 @@ def serialize(records: list[dict[str, str]]) -> str:
     return json.dumps(records, indent=1, ensure_ascii=False) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_suite(out: str | os.PathLike = DEFAULT_OUT, seed: int = 0) -> list[Path]:
     """Write ``<out>/<task>/{train,test}.json`` for every task; returns the paths written."""
     out = Path(out)
@@ -1158,7 +1145,8 @@ def write_suite(out: str | os.PathLike = DEFAULT_OUT, seed: int = 0) -> list[Pat
     for name, splits in generate_suite(seed).items():
         for split, records in splits.items():
             path = out / name / f"{split}.json"
-            _write_atomic(path, serialize(records))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, serialize(records))
             written.append(path)
     return written
 

@@ -139,17 +139,18 @@ def _common(args) -> dict:
 
 def _demo(args) -> int:
     from .experiments import compare
-    from .report import environment_info, paired_with_zero_shot, write_report
+    from .report import environment_info, format_p_value, paired_with_zero_shot, write_report
 
     common = _common(args)
     out = _out_dir(args, "demo")
     table, results = compare(args.methods, [args.num_experts], args.seeds, cache_dir=args.cache_dir, progress=not args.no_progress, **common)
     report = write_report(results, out, title="omoe_lab demo: LoRA vs MoE-LoRA vs OMoE", environment=environment_info())
     paired = paired_with_zero_shot(results)
+    width = max(len(r.label) for r in results)
     for r in results:
         test = paired.get(r.label)
-        versus = f"  vs zero-shot: +{test['gained']} -{test['lost']} questions, McNemar p={test['p']:.3f}" if test else ""
-        print(f"{r.label:26s} accuracy {r.metrics['accuracy']:.3f} ({r.metrics['protocol']}, n={r.metrics['n']})"
+        versus = f"  vs zero-shot: +{test['gained']} -{test['lost']} questions, McNemar {format_p_value(test['p'])}" if test else ""
+        print(f"{r.label:{width}s}  accuracy {r.metrics['accuracy']:.3f} ({r.metrics['protocol']}, n={r.metrics['n']})"
               f"{'  [cached]' if r.from_cache else f'  {r.seconds:4.0f} s'}{versus}")
     print(f"\nreport: {report}\nmetrics: {out / 'metrics.json'}")
     return 0

@@ -25,6 +25,7 @@ import pandas as pd
 
 from . import __version__
 from .adapters import AdapterConfig
+from .adapters.config import DEFAULT_B_INIT_STD
 from .data.collate import IGNORE_INDEX, pad_encoded, pad_token_id
 from .data.prompts import build_prompt
 from .data.tasks import TASK_NAMES, load_tasks
@@ -115,7 +116,7 @@ class RunConfig:
     eval_per_task: int | None = None
     capture_tokens: int | None = None
     max_length: int | None = None
-    b_init_std: float | None = None  # AdapterConfig's; > 0 for "moe" is the random-start control
+    b_init_std: float | None = None  # AdapterConfig's (None: the method's default); > 0 for "moe" is the random-start control
 
     def resolved(self) -> "RunConfig":
         """A copy with every size filled from the profile (and the profile's name fixed)."""
@@ -133,7 +134,9 @@ class RunConfig:
         if self.method in ("lora", "none"):
             values["top_k"] = None
         if self.method == "none":
-            values.update(num_experts=0, steps=0)
+            values.update(num_experts=0, steps=0, b_init_std=None)
+        elif values["b_init_std"] is None:  # filled in, so that equal runs share a cache key
+            values["b_init_std"] = DEFAULT_B_INIT_STD[self.method]
         return RunConfig(**values)
 
     def key(self) -> str:
@@ -162,11 +165,11 @@ class RunConfig:
         c = self.resolved()
         if c.method == "none":
             return "zero-shot"
+        start = f", B ~ N(0, {c.b_init_std}²)" if c.b_init_std != DEFAULT_B_INIT_STD[c.method] else ""
         if c.method == "lora":
-            return f"LoRA r={c.rank * c.num_experts}"
+            return f"LoRA r={c.rank * c.num_experts}{start}"
         routing = f"top-{c.top_k}" if c.top_k else "soft"
         name = "MoE-LoRA" if c.method == "moe" else f"OMoE ({c.orthogonalize})"
-        start = f", B ~ N(0, {c.b_init_std}²)" if c.method == "moe" and c.b_init_std else ""
         return f"{name} E={c.num_experts} {routing}{start}"
 
 
@@ -224,7 +227,8 @@ def run(
     if model is None:
         model, tokenizer = load_model(resolved.model, progress=progress)
     test = load_tasks(list(resolved.tasks), "test", resolved.data_dir, limit_per_task=resolved.eval_per_task, shuffle=False)
-    result = RunResult(config=dataclasses.asdict(resolved), key=key, label=config.label(), metrics={})
+    # through JSON now, so that a fresh result equals its replay from the cache (tuples become lists)
+    result = RunResult(config=json.loads(json.dumps(dataclasses.asdict(resolved))), key=key, label=config.label(), metrics={})
     if resolved.method != "none":
         train_examples = load_tasks(list(resolved.tasks), "train", resolved.data_dir, limit_per_task=resolved.train_per_task, seed=resolved.seed)
         attach_adapters(model, config.adapter_config(model.config.num_hidden_layers))
@@ -397,7 +401,7 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def paired_test(correct_a: Sequence[int], correct_b: Sequence[int]) -> dict[str, float]:
+def paired_test(correct_a: Sequence[int], correct_b: Sequence[int]) -> dict[str, Any]:
     """Exact McNemar test: do scorers a and b differ in accuracy on the same test questions?
 
     Only the questions they disagree on carry information: ``gained`` (b right, a wrong) and

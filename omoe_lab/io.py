@@ -32,6 +32,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def _new_file_mode() -> int:
     """The permissions ``open()`` gives a new file: 0o666 minus the process umask."""
-    umask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    # Reading the umask means setting it; it is put straight back. A file another thread creates
+    # in between gets 0o022's permissions: harmless for what this package writes.
+    umask = os.umask(0o022)
     os.umask(umask)
     return 0o666 & ~umask

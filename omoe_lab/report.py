@@ -227,7 +227,7 @@ def compare_with_zero_shot(overall: pd.DataFrame, paired: dict[str, dict] | None
     def evidence(row, base) -> str:
         if row["label"] in paired:
             t = paired[row["label"]]
-            return f"; {t['gained']} questions gained, {t['lost']} lost, McNemar p = {_p_value(t['p'])}"
+            return f"; {t['gained']} questions gained, {t['lost']} lost, McNemar {format_p_value(t['p'])}"
         return ", though the 95 % intervals overlap" if _intervals_overlap(row, base) else ""
 
     sentences = []
@@ -612,8 +612,9 @@ def _in_block_order(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.iloc[sorted(range(len(frame)), key=lambda i: keys.iloc[i])].reset_index(drop=True)
 
 
-def _p_value(p: float) -> str:
-    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+def format_p_value(p: float) -> str:
+    """``p = 0.035``, or ``p < 0.001`` below three decimals."""
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
 
 def _intervals_overlap(a, b) -> bool:

@@ -277,3 +277,10 @@ def test_float32_gram_option_stays_close_to_the_reference():
     x = torch.randn(64, D_IN)
     reference = layer.scaling * layer.magnitude * (layer.route(x).unsqueeze(-1) * layer.orthogonal_outputs(x)).sum(-2)
     assert rel_err(layer.adapter_output(x), reference) < 1e-4
+
+
+def test_configs_saved_with_the_old_b_init_name_still_load():
+    config = AdapterConfig.from_dict({"method": "omoe", "omoe_b_init_std": 0.05})
+    assert config.b_init_std == 0.05
+    with pytest.raises(ValueError, match="unknown AdapterConfig fields"):
+        AdapterConfig.from_dict({"method": "omoe", "b_init": 0.05})

@@ -88,3 +88,22 @@ def test_runs_record_which_questions_they_got_right(tmp_path):
     correct = result.metrics["correct"]
     assert len(correct) == result.metrics["n"] and set(correct) <= {0, 1}
     assert sum(correct) / len(correct) == pytest.approx(result.metrics["accuracy"])
+
+
+def test_a_cached_zero_shot_pairs_with_a_fresh_run(tmp_path):
+    from omoe_lab.report import paired_with_zero_shot
+
+    run(RunConfig(method="none", **SMALL), cache_dir=tmp_path, progress=False)
+    _, results = compare(["moe"], [2], [0], cache_dir=tmp_path, progress=False, **SMALL)
+    assert [r.from_cache for r in results] == [True, False]
+    assert list(paired_with_zero_shot(results)) == ["MoE-LoRA E=2 soft"]
+
+
+def test_the_random_start_is_part_of_the_key_and_the_label():
+    default = RunConfig(method="moe", profile="ci")
+    assert default.key() == RunConfig(method="moe", profile="ci", b_init_std=0.0).key()  # the method's default, spelled out
+    control = RunConfig(method="moe", profile="ci", b_init_std=0.02)
+    assert control.key() != default.key() and control.label() == "MoE-LoRA E=4 soft, B ~ N(0, 0.02²)"
+    assert RunConfig(method="omoe", profile="ci", b_init_std=0.02).label() == "OMoE (stiefel) E=4 soft"
+    assert RunConfig(method="omoe", profile="ci", b_init_std=0.1).label() == "OMoE (stiefel) E=4 soft, B ~ N(0, 0.1²)"
+    assert control.adapter_config(30).b_init_std == 0.02

@@ -8,6 +8,8 @@ from typing import Any
 
 METHODS = ("lora", "moe", "omoe")
 ORTHOGONALIZE_MODES = ("stiefel", "orthogonal", "norm_preserving")
+# B = 0 makes LoRA and MoE-LoRA start as the base model; OMoE needs directions (OMOE_SPEC §4)
+DEFAULT_B_INIT_STD = {"lora": 0.0, "moe": 0.0, "omoe": 0.02}
 
 
 @dataclass
@@ -91,7 +93,7 @@ class AdapterConfig:
         if not 0.0 < self.redundancy_tol < 1.0:
             raise ValueError(f"redundancy_tol must be in (0, 1), got {self.redundancy_tol}")
         if self.b_init_std is None:
-            self.b_init_std = 0.02 if self.method == "omoe" else 0.0
+            self.b_init_std = DEFAULT_B_INIT_STD[self.method]
         if self.b_init_std < 0 or (self.method == "omoe" and self.b_init_std == 0):
             raise ValueError(f"b_init_std must be >= 0, and > 0 for method='omoe' (Gram–Schmidt needs non-zero "
                              f"expert outputs); got {self.b_init_std}")
@@ -117,6 +119,9 @@ class AdapterConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "AdapterConfig":
+        data = dict(data)
+        if "omoe_b_init_std" in data:  # saved before b_init_std covered every method
+            data["b_init_std"] = data.pop("omoe_b_init_std")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

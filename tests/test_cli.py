@@ -57,3 +57,17 @@ def test_bench_passes_its_options_through(capsys):
 def test_parser_defaults_are_sensible():
     args = build_parser().parse_args(["demo"])
     assert args.methods == ["lora", "moe", "omoe"] and args.num_experts == 4 and args.seeds == [0]
+
+
+def test_demo_writes_the_report_and_prints_each_method_against_zero_shot(capsys, tmp_path):
+    out = tmp_path / "demo"
+    argv = ["demo", "--model", "tiny", "--profile", "ci", "--tasks", "boolq", "piqa", "--steps", "2", "--methods", "lora", "omoe",
+            "--num-experts", "2", "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert {p.name for p in out.iterdir()} == {"report.html", "metrics.json"}
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert set(metrics["paired_vs_zero_shot"]) == {"LoRA r=8", "OMoE (stiefel) E=2 soft"}
+    for label, test in metrics["paired_vs_zero_shot"].items():
+        assert f"vs zero-shot: +{test['gained']} -{test['lost']} questions, McNemar p" in printed.split(label)[1].splitlines()[0]
+    assert main(argv) == 0 and capsys.readouterr().out.count("[cached]") == 3  # the second time replays every run

@@ -18,3 +18,8 @@ result = train(model, byte_tokenizer(), toy_examples(), TrainConfig(steps=4, bat
 if accelerator.is_main_process:
     save_adapters(model, out)
     json.dump({"processes": accelerator.num_processes, "losses": [h["loss"] for h in result.history]}, open(f"{out}/run.json", "w"))
+# Leave together and take the process group down before exiting, so no rank exits with gloo
+# still running (one clean-clone run saw a rank abort with "terminate called without an active
+# exception"; where it aborted is not known).
+accelerator.wait_for_everyone()
+accelerator.end_training()

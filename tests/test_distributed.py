@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,13 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def free_port() -> int:
+    """A port nothing listens on now (a fixed one can still be held by an earlier run)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def run_worker(out: Path, processes: int) -> dict:
     if processes == 1:
         command = [sys.executable, "-m", "tests.distributed_worker", str(out)]
@@ -21,12 +29,12 @@ def run_worker(out: Path, processes: int) -> dict:
         # on a machine without GPUs, --multi_gpu is what starts N CPU processes (--cpu starts one)
         command = [
             sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
             "-m", "tests.distributed_worker", str(out),
         ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, done.stderr[-10000:]
     return json.loads((out / "run.json").read_text())
 
 

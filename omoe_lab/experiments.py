@@ -227,7 +227,7 @@ def run(
     if model is None:
         model, tokenizer = load_model(resolved.model, progress=progress)
     test = load_tasks(list(resolved.tasks), "test", resolved.data_dir, limit_per_task=resolved.eval_per_task, shuffle=False)
-    # through JSON now, so that a fresh result equals its replay from the cache (tuples become lists)
+    # through JSON, so that a fresh result equals its replay from the cache (tuples become lists)
     result = RunResult(config=json.loads(json.dumps(dataclasses.asdict(resolved))), key=key, label=config.label(), metrics={})
     if resolved.method != "none":
         train_examples = load_tasks(list(resolved.tasks), "train", resolved.data_dir, limit_per_task=resolved.train_per_task, seed=resolved.seed)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .data.tasks import TASK_NAMES
 from .experiments import PROFILES
+from .io import writable_folder
 
 METHOD_HELP = "lora (one LoRA of rank E·r), moe (vanilla MoE-LoRA), omoe (orthogonal experts)"
 PROTOCOL_HELP = (
@@ -118,14 +119,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _out_dir(args, kind: str) -> Path:
-    out = args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / ".write-test").write_text("")
-        (out / ".write-test").unlink()
-    except OSError as error:
-        raise PermissionError(f"cannot write to {out}: {error}; pass another --out") from error
-    return out
+    return writable_folder(args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}")
 
 
 def _common(args) -> dict:

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from .data.collate import pad_rows
 from .data.example import Example
 from .data.prompts import build_prompt, option_continuations, option_labels
 
@@ -71,14 +72,8 @@ class EvalResult:
 
 
 def _pad(rows: list[list[int]], pad_id: int, device, left: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids and attention mask, padded on the left (prompts) or the right (continuations)."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        span = slice(width - len(row), width) if left else slice(0, len(row))
-        ids[i, span] = torch.tensor(row, dtype=torch.long)
-        mask[i, span] = 1
+    """Token ids and attention mask on ``device``, padded on the left (prompts) or the right (continuations)."""
+    ids, mask = pad_rows(rows, pad_id, left=left)
     return ids.to(device), mask.to(device)
 
 

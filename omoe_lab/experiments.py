@@ -26,7 +26,7 @@ import pandas as pd
 from . import __version__
 from .adapters import AdapterConfig
 from .adapters.config import DEFAULT_B_INIT_STD
-from .data.collate import IGNORE_INDEX, pad_encoded, pad_token_id
+from .data.collate import pad_rows, pad_token_id
 from .data.prompts import build_prompt
 from .data.tasks import TASK_NAMES, load_tasks
 from .evaluate import evaluate
@@ -286,13 +286,11 @@ def analyse_experts(model, tokenizer, examples, config: RunConfig, progress: boo
 
     # the scored prompts, tokenized as the scorers do: their frozen-prefix states are already cached
     prompts = [tokenizer(build_prompt(ex)).input_ids for ex in examples]
-    prompts = [{"input_ids": ids, "labels": [IGNORE_INDEX] * len(ids)} for ids in prompts]
     pad_id = pad_token_id(tokenizer)
     batches = []
     for i in range(0, len(examples), 16):
-        padded = pad_encoded(prompts[i : i + 16], pad_id)  # right padding: positions count from 0
-        batches.append({"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"],
-                        "task": [ex.task for ex in examples[i : i + 16]]})
+        ids, mask = pad_rows(prompts[i : i + 16], pad_id)  # right padding: positions count from 0
+        batches.append({"input_ids": ids, "attention_mask": mask, "task": [ex.task for ex in examples[i : i + 16]]})
     captured = capture_experts(model, batches, max_tokens=config.capture_tokens, seed=config.seed, progress=progress)
     rows = []
     for name, layer in captured.layers.items():

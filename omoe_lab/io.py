@@ -30,6 +30,19 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8", newline="\n"))
 
 
+def writable_folder(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` if needed and prove it takes a file, before any work that would write there."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise PermissionError(f"cannot write to output folder {folder}: {error}; choose another --out") from error
+    return folder
+
+
 def _new_file_mode() -> int:
     """The permissions ``open()`` gives a new file: 0o666 minus the process umask."""
     # Reading the umask means setting it; it is put straight back. A file another thread creates

@@ -35,7 +35,8 @@ from torch import nn
 from .data.collate import encode_example, pad_encoded, pad_token_id
 from .data.example import Example
 from .inject import adapter_layers, load_adapters, router_aux_loss, save_adapters
-from .io import atomic_write_text
+from .io import atomic_write_text, writable_folder
+from .models import set_seed
 from .prefix import FrozenPrefix, first_adapted_block, supports_prefix_cache
 
 @dataclass
@@ -119,7 +120,7 @@ def train(
         raise ValueError("no training examples")
     out_dir = Path(out_dir) if out_dir is not None else None
     if out_dir is not None:
-        _check_writable(out_dir)
+        writable_folder(out_dir)
     if accelerator is None:
         accelerator = Accelerator(mixed_precision=_mixed_precision(config.mixed_precision))
     world = accelerator.num_processes
@@ -132,7 +133,7 @@ def train(
     fingerprint = run_fingerprint(model, config, examples)
     resume_state = _read_checkpoint(resume_from, fingerprint) if resume_from else None
 
-    _seed_everything(config.seed)
+    set_seed(config.seed)
     features = [encode_example(tokenizer, ex, config.max_length, target=config.target) for ex in examples]
     pad_id = pad_token_id(tokenizer)
     device = accelerator.device
@@ -374,22 +375,6 @@ def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _check_writable(out_dir: Path) -> None:
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        raise PermissionError(f"cannot write to output folder {out_dir}: {error}; choose another --out") from error
 
 
 @contextmanager

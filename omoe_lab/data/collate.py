@@ -74,15 +74,21 @@ class TrainCollator:
         return pad_encoded(encoded, self.pad_token_id)
 
 
+def pad_rows(rows: Sequence[Sequence[int]], pad_value: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of different lengths as one [N, width] long tensor plus its 0/1 attention mask,
+    padded on the right, or on the left (prompts whose last position predicts the next token)."""
+    width = max(len(row) for row in rows)
+    values = torch.full((len(rows), width), pad_value, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if left else slice(0, len(row))
+        values[i, span] = torch.tensor(row, dtype=torch.long)
+        mask[i, span] = 1
+    return values, mask
+
+
 def pad_encoded(encoded: Sequence[dict[str, list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Right-pad outputs of ``encode_example`` into ``input_ids``, ``attention_mask``, ``labels``."""
-    width = max(len(e["input_ids"]) for e in encoded)
-    input_ids = torch.full((len(encoded), width), pad_token_id, dtype=torch.long)
-    labels = torch.full((len(encoded), width), IGNORE_INDEX, dtype=torch.long)
-    attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    for row, e in enumerate(encoded):
-        n = len(e["input_ids"])
-        input_ids[row, :n] = torch.tensor(e["input_ids"])
-        labels[row, :n] = torch.tensor(e["labels"])
-        attention_mask[row, :n] = 1
+    input_ids, attention_mask = pad_rows([e["input_ids"] for e in encoded], pad_token_id)
+    labels, _ = pad_rows([e["labels"] for e in encoded], IGNORE_INDEX)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

@@ -130,11 +130,11 @@ def train(
             f"batch_size={config.batch_size} must be a multiple of processes × grad_accum = "
             f"{world} × {config.grad_accum}"
         )
-    fingerprint = run_fingerprint(model, config, examples)
+    features = [encode_example(tokenizer, ex, config.max_length, target=config.target) for ex in examples]
+    fingerprint = run_fingerprint(model, config, features)
     resume_state = _read_checkpoint(resume_from, fingerprint) if resume_from else None
 
     set_seed(config.seed)
-    features = [encode_example(tokenizer, ex, config.max_length, target=config.target) for ex in examples]
     pad_id = pad_token_id(tokenizer)
     device = accelerator.device
     model.to(device)
@@ -312,13 +312,21 @@ def _nothing():
 
 
 # --- checkpoints -------------------------------------------------------------------------------------
-def run_fingerprint(model: nn.Module, config: TrainConfig, examples: Sequence[Example]) -> str:
-    """Hash of what must not change between a run and its resumption."""
+def run_fingerprint(model: nn.Module, config: TrainConfig, features: Sequence[dict]) -> str:
+    """Hash of what must not change between a run and its resumption: the training settings, the
+    adapters, the base model (its config and a sample of its frozen weights) and the token ids the
+    tokenizer made of the data (so another tokenizer, prompt or data set is refused too)."""
     keep = {k: v for k, v in config.to_dict().items() if k not in ("checkpoint_every",)}
     data = hashlib.sha256()
-    for ex in examples:
-        data.update(f"{ex.task}\x1f{ex.question}\x1f{ex.options}\x1f{ex.label}\x1e".encode())
-    payload = json.dumps({"train": keep, "adapters": model.omoe_config.to_dict(), "data": data.hexdigest()}, sort_keys=True)
+    for feature in features:
+        data.update(np.asarray(feature["input_ids"] + [-1] + feature["labels"], dtype=np.int64).tobytes())
+    base = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
+    embeddings = model.get_input_embeddings().weight
+    base.update(embeddings.detach()[:4].to("cpu", torch.float64).numpy().tobytes())  # same architecture, other weights
+    payload = json.dumps(
+        {"train": keep, "adapters": model.omoe_config.to_dict(), "data": data.hexdigest(), "base_model": base.hexdigest()},
+        sort_keys=True,
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -355,7 +363,7 @@ def _read_checkpoint(path: str | Path, fingerprint: str) -> dict:
     state = torch.load(state_file, weights_only=False)
     if state["fingerprint"] != fingerprint:
         raise ValueError(
-            f"{path} belongs to another run (config, adapters or data differ: fingerprint {state['fingerprint']} "
+            f"{path} belongs to another run (settings, adapters, base model, tokenizer or data differ: fingerprint {state['fingerprint']} "
             f"vs {fingerprint}); resume only with the settings that produced it"
         )
     state["adapters"] = path

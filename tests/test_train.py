@@ -83,20 +83,68 @@ def test_prefix_cache_gives_the_same_losses():
     model = fresh_model(layers=[1, 2])
     prefix = FrozenPrefix(model, start_block=1, dtype=torch.float32)
     cached = train(model, tokenizer, data, TrainConfig(**config), prefix=prefix, progress=False)
-    assert prefix.replayed_batches == 6 and len(prefix.states) == 24
+    assert prefix.replayed_batches == 9 and len(prefix.states) == 24  # every pass replays, the first too
     assert [h["loss"] for h in cached.history] == pytest.approx([h["loss"] for h in plain.history], rel=1e-5)
     half = train(fresh_model(layers=[1, 2]), tokenizer, data, TrainConfig(**config), progress=False)  # float16 states
     assert [h["loss"] for h in half.history] == pytest.approx([h["loss"] for h in plain.history], rel=1e-2)
+
+
+def test_resume_with_the_float16_prefix_cache_on_ends_with_the_same_weights(tmp_path):
+    """The resumed run starts with an empty cache; every pass replays the same stored states."""
+    config = TrainConfig(steps=6, batch_size=8, lr=5e-3, warmup_steps=1)  # cache on, float16 states
+    tokenizer, data = byte_tokenizer(), toy_examples()
+    straight = fresh_model(layers=[1, 2])
+    full = train(straight, tokenizer, data, config, progress=False)
+    train(fresh_model(layers=[1, 2]), tokenizer, data, config, out_dir=tmp_path, stop_after=3, progress=False)
+    resumed_model = fresh_model(layers=[1, 2])
+    resumed = train(resumed_model, tokenizer, data, config, out_dir=tmp_path, resume_from=tmp_path, progress=False)
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
+    for name, tensor in weights(straight).items():
+        assert torch.equal(weights(resumed_model)[name], tensor), name
+
+
+def test_a_shared_prefix_cache_does_not_make_a_run_depend_on_the_runs_before_it():
+    tokenizer, data = byte_tokenizer(), toy_examples()
+    config = TrainConfig(steps=4, batch_size=8, lr=5e-3, warmup_steps=0)
+    alone = fresh_model(layers=[1, 2])
+    train(alone, tokenizer, data, config, progress=False)
+    shared_base = fresh_model(layers=[1, 2], seed=0)
+    prefix = FrozenPrefix(shared_base, start_block=1)
+    # another run first (other seed: other batches, so states are recorded in other company)
+    train(shared_base, tokenizer, data, TrainConfig(steps=4, batch_size=8, lr=5e-3, warmup_steps=0, seed=7), prefix=prefix, progress=False)
+    second = fresh_model(layers=[1, 2])
+    prefix.model = second  # the same frozen base weights (seed 0), new adapters
+    train(second, tokenizer, data, config, prefix=prefix, progress=False)
+    for name, tensor in weights(alone).items():
+        assert torch.equal(weights(second)[name], tensor), name
+
+
+def test_resume_refuses_another_base_model_or_tokenizer(tmp_path):
+    config = TrainConfig(steps=2, batch_size=4, lr=1e-3)
+    tokenizer, data = byte_tokenizer(), toy_examples()
+    train(fresh_model(), tokenizer, data, config, out_dir=tmp_path, stop_after=1, progress=False)
+    with pytest.raises(ValueError, match="base model, tokenizer"):
+        train(fresh_model(seed=1), tokenizer, data, config, resume_from=tmp_path, progress=False)  # other frozen weights
+
+    class Shifted:  # another tokenizer: every id moved by one
+        def __init__(self, inner):
+            self.inner, self.eos_token_id, self.bos_token_id, self.pad_token_id = inner, inner.eos_token_id, inner.bos_token_id, inner.pad_token_id
+
+        def __call__(self, text, **kwargs):
+            out = self.inner(text, **kwargs)
+            return {"input_ids": [min(i + 1, VOCAB - 1) for i in out["input_ids"]]}
+
+    with pytest.raises(ValueError, match="base model, tokenizer"):
+        train(fresh_model(), Shifted(tokenizer), data, config, resume_from=tmp_path, progress=False)
 
 
 def test_prefix_cache_refuses_adapters_below_its_block():
     model = fresh_model(layers=[0, 2])
     prefix = FrozenPrefix(model, start_block=1)
     ids = torch.randint(3, VOCAB, (2, 5))
-    with prefix.active():
-        model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)  # records
-        with pytest.raises(ValueError, match="stale"):
-            model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+    with prefix.active(), pytest.raises(ValueError, match="stale"):
+        model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+    assert not prefix.states
 
 
 def test_gradient_accumulation_matches_one_big_batch():

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from omoe_lab.adapters import AdapterConfig, LoRALinear, MoELoRALinear, OMoELinear
+from omoe_lab.adapters.orthogonal import resolvable_tol
 
 SHAPES = [(2048, 576, 4, 8), (2048, 576, 8, 16), (4096, 2048, 8, 16)]  # tokens, d, E, r
 VARIANTS = ["omoe", "omoe-naive", "moe", "lora"]
@@ -37,12 +38,20 @@ def build(variant: str, d: int, num_experts: int, rank: int, device: torch.devic
     elif variant == "moe":
         layer = MoELoRALinear(base, AdapterConfig(method="moe", num_experts=num_experts, rank=rank), num_experts)
     else:
-        layer = OMoELinear(base, AdapterConfig(method="omoe", num_experts=num_experts, rank=rank), num_experts)
+        config = AdapterConfig(method="omoe", num_experts=num_experts, rank=rank, redundancy_tol=omoe_tol(device))
+        layer = OMoELinear(base, config, num_experts)
         with torch.no_grad():
             layer.magnitude.fill_(1.0)
     with torch.no_grad():
         layer.lora_B.normal_(std=0.02)
     return layer.to(device)
+
+
+def omoe_tol(device: torch.device) -> float:
+    """The default redundancy_tol, or, when the Gram is float32 (``--gram-dtype float32`` or MPS),
+    the smallest one a float32 Gram resolves (the layer refuses the default 1e-4 there)."""
+    gram_dtype = torch.float32 if device.type == "mps" else OMoELinear.gram_dtype
+    return max(AdapterConfig.redundancy_tol, resolvable_tol(gram_dtype))
 
 
 def naive_omoe_forward(layer: OMoELinear, x: torch.Tensor) -> torch.Tensor:
@@ -135,11 +144,18 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    OMoELinear.gram_dtype = getattr(torch, args.gram_dtype)
+    previous_gram_dtype, OMoELinear.gram_dtype = OMoELinear.gram_dtype, getattr(torch, args.gram_dtype)
     device = torch.device(args.device)
-    print(f"device={device} threads={torch.get_num_threads()} torch={torch.__version__} gram={args.gram_dtype}")
+    tol = omoe_tol(device)
+    default = AdapterConfig.redundancy_tol
+    tol_note = "" if tol == default else f" (not the default {default:g}: a float32 Gram cannot resolve it)"
+    print(f"device={device} threads={torch.get_num_threads()} torch={torch.__version__} gram={args.gram_dtype} "
+          f"redundancy_tol={tol:.3g}{tol_note}")
     print("tokens     d  E   r  variant     fwd+bwd       activations")
-    rows = run(device, args.repeats)
+    try:
+        rows = run(device, args.repeats)
+    finally:  # a float32 class default left behind would refuse every later default-tol layer
+        OMoELinear.gram_dtype = previous_gram_dtype
     summary = ratios(rows)
     print("\nratios (same run):")
     for s in summary:
@@ -150,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
     result = dict(
         device=str(device), threads=torch.get_num_threads(), torch=torch.__version__, gram_dtype=args.gram_dtype,
-        machine=platform.machine(), processor=platform.processor(), rows=rows, ratios=summary,
+        redundancy_tol=tol, machine=platform.machine(), processor=platform.processor(), rows=rows, ratios=summary,
     )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 Everything that shows a result — the CLI, the report, the widgets, the notebooks — calls these
 functions, so a finished run is computed once and replayed from its cache folder afterwards.
-A run's cache key is a hash of its fully resolved configuration.
+A run's cache key is a hash of its fully resolved configuration and of ``SCHEMA_VERSION``.
 
 Profiles (``OMOE_LAB_PROFILE=ci|quick|full`` or ``profile=``) set every size at once:
 ``ci`` fits CI and notebook tests on 2 CPU cores, ``quick`` is a learner's laptop run,
@@ -14,8 +14,8 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import math
 import os
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,16 +25,26 @@ import pandas as pd
 
 from . import __version__
 from .adapters import AdapterConfig
-from .adapters.config import DEFAULT_B_INIT_STD
-from .data.collate import pad_rows, pad_token_id
-from .data.prompts import build_prompt
+from .adapters.config import DEFAULT_B_INIT_STD, METHODS
+from .analysis.diversity import layer_diversity
+from .analysis.stats import paired_test, t_interval, wilson_interval  # noqa: F401 (paired_test: public here too)
+from .data.collate import encode_prompt, pad_rows, pad_token_id
+from .data.prompts import PROMPT_STYLES
 from .data.tasks import TASK_NAMES, load_tasks
-from .evaluate import evaluate
+from .evaluate import PROTOCOLS, evaluate, majority_baseline, score_all_ways
 from .inject import attach_adapters, detach_adapters, save_adapters, trainable_parameters
 from .io import atomic_write_text
 from .prefix import FrozenPrefix, supports_prefix_cache
 from .train import TrainConfig, train
 
+# Part of every run's cache key: raise it whenever a change makes a run compute other numbers, so
+# older cached runs are never replayed as if they were new. 2: per-sequence prefix states replayed
+# on every pass, prompt styles, a fixed random test subset, zero-shot baselines, debiased CKA.
+SCHEMA_VERSION = 2
+# The prompt style of loglik runs (training and scoring), chosen by measurement (docs/decisions.md);
+# the label and generate protocols need the listed options
+DEFAULT_PROMPT_STYLE = {"loglik": "cloze", "label": "listed", "generate": "listed"}
+TEST_SUBSET_SEED = 0  # one fixed random subset of each task's test split for every run and seed
 
 @dataclass(frozen=True)
 class Profile:
@@ -117,9 +127,29 @@ class RunConfig:
     capture_tokens: int | None = None
     max_length: int | None = None
     b_init_std: float | None = None  # AdapterConfig's (None: the method's default); > 0 for "moe" is the random-start control
+    prompt_style: str | None = None  # None: cloze under loglik, listed under label / generate
+    diversity_every: int | None = None  # measure the experts' diversity every K training steps
+
+    def check(self) -> None:
+        """Refuse a configuration that cannot run, before any model is loaded or trained."""
+        if self.method not in ("none", *METHODS):
+            raise ValueError(f"unknown method {self.method!r}: choose one of {['none', *METHODS]} (none = zero-shot)")
+        if self.prompt_style is not None and self.prompt_style not in PROMPT_STYLES:
+            raise ValueError(f"unknown prompt style {self.prompt_style!r}: choose one of {list(PROMPT_STYLES)}")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {self.protocol!r}: choose one of {list(PROTOCOLS)}")
+        if not self.tasks:
+            raise ValueError(f"no tasks given; known tasks: {', '.join(TASK_NAMES)}")
+        if self.prompt_style == "cloze" and self.protocol != "loglik":
+            raise ValueError(f"the cloze prompt does not show the options, so protocol {self.protocol!r} cannot name them: use loglik")
+        if self.method != "none" and self.num_experts < 1:
+            raise ValueError(f"num_experts must be >= 1, got {self.num_experts}")
+        if self.method in ("moe", "omoe") and self.top_k is not None and not 1 <= self.top_k <= self.num_experts:
+            raise ValueError(f"top_k={self.top_k} must be between 1 and num_experts={self.num_experts}")
 
     def resolved(self) -> "RunConfig":
         """A copy with every size filled from the profile (and the profile's name fixed)."""
+        self.check()
         profile = profile_from_env(self.profile)
         values = dataclasses.asdict(self)
         for name in ("rank", "top_blocks", "target_modules", "steps", "batch_size", "lr", "magnitude_lr",
@@ -127,6 +157,7 @@ class RunConfig:
             if values[name] is None:
                 values[name] = getattr(profile, name)
         values["profile"] = profile.name
+        values["prompt_style"] = self.prompt_style or DEFAULT_PROMPT_STYLE[self.protocol]
         values["tasks"] = tuple(values["tasks"])
         values["target_modules"] = tuple(values["target_modules"])
         if self.method in ("lora", "moe", "none"):
@@ -140,7 +171,7 @@ class RunConfig:
         return RunConfig(**values)
 
     def key(self) -> str:
-        payload = json.dumps({"version": __version__, **dataclasses.asdict(self.resolved())}, sort_keys=True, default=list)
+        payload = json.dumps({"version": __version__, "schema": SCHEMA_VERSION, **dataclasses.asdict(self.resolved())}, sort_keys=True, default=list)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def adapter_config(self, num_blocks: int) -> AdapterConfig:
@@ -159,6 +190,7 @@ class RunConfig:
             steps=c.steps, batch_size=c.batch_size, lr=c.lr, magnitude_lr=c.magnitude_lr, seed=c.seed,
             max_length=c.max_length, warmup_steps=max(1, c.steps // 10),
             target="option" if c.protocol == "loglik" else "label",  # train on what is scored
+            prompt_style=c.prompt_style, diversity_every=c.diversity_every,
         )
 
     def label(self) -> str:
@@ -185,6 +217,7 @@ class RunResult:
     routing: list[dict] = field(default_factory=list)
     experts: list[dict] = field(default_factory=list)
     embedding: list[dict] = field(default_factory=list)
+    diversity: list[dict] = field(default_factory=list)  # over training: {"step", measures..., "per_layer"}
     parameters: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     folder: str | None = None
@@ -226,7 +259,7 @@ def run(
     started = time.perf_counter()
     if model is None:
         model, tokenizer = load_model(resolved.model, progress=progress)
-    test = load_tasks(list(resolved.tasks), "test", resolved.data_dir, limit_per_task=resolved.eval_per_task, shuffle=False)
+    test = test_examples(resolved)
     # through JSON, so that a fresh result equals its replay from the cache (tuples become lists)
     result = RunResult(config=json.loads(json.dumps(dataclasses.asdict(resolved))), key=key, label=config.label(), metrics={})
     if resolved.method != "none":
@@ -239,15 +272,28 @@ def run(
             if resolved.method != "none":
                 summary = trainable_parameters(model)
                 result.parameters = {"trainable": summary.trainable, "total": summary.total, "percent": summary.percent, **summary.by_kind}
-                trained = train(model, tokenizer, train_examples, config.train_config(), progress=progress, prefix=prefix)
-                result.history, result.routing = trained.history, trained.routing
-            scored = evaluate(model, tokenizer, test, protocol=resolved.protocol, batch_size=16, progress=progress)
-            result.metrics = {
-                "protocol": scored.protocol, "accuracy": scored.accuracy, "per_task": scored.per_task, "n": scored.n,
+                probe = prompt_batches(tokenizer, test[:: max(1, len(test) // PROBE_PROMPTS)][:PROBE_PROMPTS], resolved.prompt_style) if resolved.method in ("moe", "omoe") else None
+                trained = train(model, tokenizer, train_examples, config.train_config(), progress=progress, prefix=prefix, diversity_probe=probe)
+                result.history, result.routing, result.diversity = trained.history, trained.routing, trained.diversity
+            # whole (prompt + option) sequences replay the frozen blocks from the prefix cache
+            full_sequences = prefix is not None and resolved.protocol == "loglik"
+            if resolved.method == "none" and resolved.protocol == "loglik":
+                ways = {}
+                for style in PROMPT_STYLES:  # whole sequences (the prefix cache's) only where fine-tuned runs will score
+                    ways |= score_all_ways(model, tokenizer, test, styles=(style,), batch_size=16, progress=progress,
+                                           full_sequences=full_sequences and style == resolved.prompt_style)
+                scored = ways[f"{resolved.prompt_style}/mean"]
+                majority = majority_baseline(load_tasks(list(resolved.tasks), "train", resolved.data_dir, shuffle=False), test)
+                result.metrics["baselines"] = {name: _scores(way) for name, way in {**ways, "majority": majority}.items()}
+            else:
+                scored = evaluate(model, tokenizer, test, protocol=resolved.protocol, batch_size=16, progress=progress,
+                                  prompt_style=resolved.prompt_style, full_sequences=full_sequences)
+            result.metrics.update({
+                **_scores(scored), "protocol": scored.protocol, "prompt_style": resolved.prompt_style, "n": scored.n,
                 "n_per_task": _count_by_task(test), "chance_per_task": scored.chance,
                 "chance": sum(1 / len(ex.options) for ex in test) / len(test),  # uniform guessing
-                "correct": [int(p.correct) for p in scored.predictions],  # in test order, for paired tests
-            }
+                "questions": [question_id(ex) for ex in test],  # which questions ``correct`` refers to
+            })
             if resolved.method in ("moe", "omoe"):  # a single LoRA has no experts to compare
                 result.experts, result.embedding = analyse_experts(model, tokenizer, test, resolved, progress)
         if resolved.method != "none":
@@ -261,6 +307,31 @@ def run(
     atomic_write_text(folder / "result.json", result.to_json() + "\n")
     result.folder = str(folder)
     return result
+
+
+def best_baselines(zero: RunResult) -> dict[str, Any]:
+    """The zero-shot run's baselines (every prompt style × normalization, PMI, the majority
+    answer) and, per task, the best of them, named.
+
+    ``best_per_task_correct`` is right/wrong per test question of that per-task best: picked on
+    the test questions themselves, so it flatters the baselines, and a fine-tuned run that beats
+    it beats each of them.
+    """
+    ways = zero.metrics.get("baselines")
+    if not ways:
+        raise ValueError(f"{zero.label} has no baselines: it is not a loglik zero-shot run of schema {SCHEMA_VERSION}")
+    best_per_task = {}
+    for task in zero.metrics["per_task"]:
+        name = max(ways, key=lambda n: ways[n]["per_task"][task])  # ties: the first way listed
+        best_per_task[task] = {"baseline": name, "accuracy": ways[name]["per_task"][task]}
+    best_overall = max(ways, key=lambda n: ways[n]["accuracy"])
+    tasks = [task for task, count in zero.metrics["n_per_task"].items() for _ in range(count)]  # test order
+    return {
+        "ways": {name: {"accuracy": w["accuracy"], "per_task": w["per_task"]} for name, w in ways.items()},
+        "best_per_task": best_per_task,
+        "best_overall": {"baseline": best_overall, "accuracy": ways[best_overall]["accuracy"]},
+        "best_per_task_correct": [ways[best_per_task[task]["baseline"]]["correct"][i] for i, task in enumerate(tasks)],
+    }
 
 
 def frozen_prefix_for(model, config: RunConfig) -> FrozenPrefix | None:
@@ -279,30 +350,21 @@ def analyse_experts(model, tokenizer, examples, config: RunConfig, progress: boo
     checked for orthonormality, which holds by construction. Also returns a 2-D t-SNE of the
     top adapted layer's expert outputs (one row per token × expert).
     """
-    from .analysis import (
-        capture_experts, cka_matrix, embed, expert_effective_rank, mean_pairwise_cosine, routing_entropy,
-        expert_load, stiefel_error,
-    )
+    from .analysis import capture_experts, embed, expert_load, routing_entropy, routing_summary, stiefel_error
 
-    # the scored prompts, tokenized as the scorers do: their frozen-prefix states are already cached
-    prompts = [tokenizer(build_prompt(ex)).input_ids for ex in examples]
-    pad_id = pad_token_id(tokenizer)
-    batches = []
-    for i in range(0, len(examples), 16):
-        ids, mask = pad_rows(prompts[i : i + 16], pad_id)  # right padding: positions count from 0
-        batches.append({"input_ids": ids, "attention_mask": mask, "task": [ex.task for ex in examples[i : i + 16]]})
+    # the scored prompts, tokenized as the scorers do
+    batches = prompt_batches(tokenizer, examples, config.prompt_style)
     captured = capture_experts(model, batches, max_tokens=config.capture_tokens, seed=config.seed, progress=progress)
+    load_by_task = routing_summary(captured).groupby(["layer", "task"])["load"].apply(list)
     rows = []
     for name, layer in captured.layers.items():
         outputs = layer.expert_outputs
         row = {"layer": name, "block": layer.layer_index, "method": layer.method, "experts": layer.num_experts, "tokens": len(outputs)}
         if layer.num_experts > 1:
-            row["mean_abs_cosine"] = mean_pairwise_cosine(outputs)
-            row["cka"] = cka_matrix(outputs).tolist()
-            row["mean_cka"] = _off_diagonal_mean(row["cka"])
-            row["effective_rank"] = expert_effective_rank(outputs)
+            row.update(layer_diversity(outputs))
             row["routing_entropy"] = routing_entropy(layer.gates, normalized=True)
             row["load"] = expert_load(layer.gates).tolist()
+            row["load_by_task"] = {task: loads for (lname, task), loads in load_by_task.items() if lname == name}
         if layer.orthogonal_outputs is not None:
             # orthonormality of the directions q_k/‖q_k‖ (only "stiefel" also has unit norms)
             norms = layer.orthogonal_outputs.norm(dim=-1, keepdim=True)
@@ -319,10 +381,43 @@ def analyse_experts(model, tokenizer, examples, config: RunConfig, progress: boo
     return rows, embedding
 
 
-def _off_diagonal_mean(matrix: list[list[float]]) -> float:
-    n = len(matrix)
-    values = [matrix[i][j] for i in range(n) for j in range(n) if i != j]
-    return sum(values) / len(values)
+def test_examples(config: RunConfig) -> list:
+    """The run's test questions: a fixed random subset of ``eval_per_task`` per task (the same for
+    every method and seed; not the first N, which can be ordered by source or answer), in task order."""
+    c = config.resolved()
+    examples = load_tasks(list(c.tasks), "test", c.data_dir, shuffle=False)
+    if c.eval_per_task is None:
+        return examples
+    chosen = []
+    for task in c.tasks:
+        mine = [ex for ex in examples if ex.task == task]
+        keep = sorted(random.Random(f"{TEST_SUBSET_SEED}/{task}").sample(range(len(mine)), min(c.eval_per_task, len(mine))))
+        chosen += [mine[i] for i in keep]
+    return chosen
+
+
+def question_id(example) -> str:
+    """A short stable id of a test question (task, question, options), so pairings can be checked."""
+    return hashlib.sha256(f"{example.task}\x1f{example.question}\x1f{example.options}".encode()).hexdigest()[:12]
+
+
+PROBE_PROMPTS = 32  # held-out prompts (evenly spread over the test questions) the diversity-over-training probe measures on
+
+
+def prompt_batches(tokenizer, examples, style: str, batch_size: int = 16) -> list[dict]:
+    """Prompts tokenized as the scorers do, right-padded (positions count from 0), with task names."""
+    pad_id = pad_token_id(tokenizer)
+    prompts = [encode_prompt(tokenizer, ex, style) for ex in examples]
+    batches = []
+    for i in range(0, len(examples), batch_size):
+        ids, mask = pad_rows(prompts[i : i + batch_size], pad_id)
+        batches.append({"input_ids": ids, "attention_mask": mask, "task": [ex.task for ex in examples[i : i + batch_size]]})
+    return batches
+
+
+def _scores(scored) -> dict[str, Any]:
+    """Accuracy, per task, and which questions were right (in test order, for paired tests)."""
+    return {"accuracy": scored.accuracy, "per_task": scored.per_task, "correct": [int(p.correct) for p in scored.predictions]}
 
 
 def _count_by_task(examples) -> dict[str, int]:
@@ -352,21 +447,39 @@ def compare(
     """Run every (method, expert count, seed) once — cached — and return a tidy table + the runs.
 
     The table has one row per run and task (task ``"all"`` is the overall accuracy) with the
-    protocol and the number of test examples next to every accuracy.
+    protocol, prompt style and number of test examples next to every accuracy.
     """
-    from .models import load_model
-
     configs = [RunConfig(method="none", **common)] if zero_shot else []
     configs += [RunConfig(method=m, num_experts=e, seed=s, **common) for m in methods for e in num_experts for s in seeds]
-    loaded, prefix, results = None, None, []
+    results = run_all(configs, cache_dir=cache_dir, progress=progress)
+    return results_table(results), results
+
+
+def run_all(configs: Sequence[RunConfig], *, cache_dir: str | Path | None = None, progress: bool = True) -> list[RunResult]:
+    """Run each configuration (or replay it from the cache) on one loaded model, with one
+    progress bar over the whole list; every configuration is checked before the first runs.
+
+    All runs share one frozen-prefix cache (they adapt the same top blocks of the same model);
+    its states depend on each sequence alone, so a run's numbers do not depend on the order.
+    """
+    from tqdm.auto import tqdm
+
+    from .models import load_model
+
     for config in configs:
+        config.resolved()  # bad input fails here, before any work
+    loaded, prefix, results = None, None, []
+    bar = tqdm(configs, desc="runs", unit="run", disable=not progress, dynamic_ncols=True)
+    for config in bar:
+        bar.set_postfix_str(config.label(), refresh=True)
         cached = Path(cache_dir or default_cache_dir()) / config.key() / "result.json"
         if loaded is None and not cached.is_file():
             loaded = load_model(config.resolved().model, progress=progress)
-            prefix = frozen_prefix_for(loaded[0], config)  # shared: every run adapts the same top blocks
+            prefix = frozen_prefix_for(loaded[0], config)
         model, tokenizer = loaded if loaded else (None, None)
         results.append(run(config, cache_dir=cache_dir, progress=progress, model=model, tokenizer=tokenizer, prefix=prefix))
-    return results_table(results), results
+    bar.close()
+    return results
 
 
 def results_table(results: Sequence[RunResult]) -> pd.DataFrame:
@@ -374,7 +487,7 @@ def results_table(results: Sequence[RunResult]) -> pd.DataFrame:
     for r in results:
         c, m = r.config, r.metrics
         base = {"label": r.label, "method": c["method"], "num_experts": c["num_experts"], "seed": c["seed"],
-                "protocol": m["protocol"], "profile": c["profile"]}
+                "protocol": m["protocol"], "prompt_style": m.get("prompt_style", "listed"), "profile": c["profile"]}
         rows.append({**base, "task": "all", "accuracy": m["accuracy"], "n": m["n"]})
         rows += [{**base, "task": t, "accuracy": a, "n": m["n_per_task"][t]} for t, a in m["per_task"].items()]
     return pd.DataFrame(rows)
@@ -383,44 +496,16 @@ def results_table(results: Sequence[RunResult]) -> pd.DataFrame:
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
     """Mean accuracy over seeds with a 95 % interval: Student-t over seeds when there are several,
     else the Wilson score interval over the test examples of the single run."""
-    from scipy import stats
-
-    keys = ["label", "method", "num_experts", "protocol", "task"]
+    keys = [k for k in ("label", "method", "num_experts", "protocol", "prompt_style", "task") if k in table]
     out = []
     for group, part in table.groupby(keys, sort=False):
-        mean, seeds, n = part["accuracy"].mean(), len(part), int(part["n"].iloc[0])
+        seeds, n = len(part), int(part["n"].iloc[0])
         if seeds > 1:
-            half = stats.t.ppf(0.975, seeds - 1) * part["accuracy"].std(ddof=1) / math.sqrt(seeds)
-            low, high, kind = mean - half, mean + half, "t over seeds"
+            mean, low, high = t_interval(part["accuracy"].tolist())
+            kind = "t over seeds"
         else:
-            low, high = _wilson(mean, n)
+            mean = float(part["accuracy"].iloc[0])
+            low, high = wilson_interval(mean, n)
             kind = "Wilson over examples"
         out.append({**dict(zip(keys, group)), "accuracy": mean, "low": low, "high": high, "seeds": seeds, "n": n, "interval": kind})
     return pd.DataFrame(out)
-
-
-def paired_test(correct_a: Sequence[int], correct_b: Sequence[int]) -> dict[str, Any]:
-    """Exact McNemar test: do scorers a and b differ in accuracy on the same test questions?
-
-    Only the questions they disagree on carry information: ``gained`` (b right, a wrong) and
-    ``lost`` (a right, b wrong). If a and b were equally accurate, each disagreement would be a
-    fair coin flip, so p = P(a split at least this uneven | gained + lost flips, ½), two-sided.
-    Pairing removes the shared difficulty of the questions, so it detects differences that two
-    overlapping Wilson intervals cannot.
-    """
-    from scipy.stats import binomtest
-
-    if len(correct_a) != len(correct_b):
-        raise ValueError(f"paired_test needs the same questions: got {len(correct_a)} and {len(correct_b)} answers")
-    gained = sum(1 for a, b in zip(correct_a, correct_b) if b and not a)
-    lost = sum(1 for a, b in zip(correct_a, correct_b) if a and not b)
-    p = binomtest(gained, gained + lost, 0.5).pvalue if gained + lost else 1.0
-    return {"gained": gained, "lost": lost, "p": float(p)}
-
-
-def _wilson(p: float, n: int, z: float = 1.959964) -> tuple[float, float]:
-    if n == 0:
-        return float("nan"), float("nan")
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half

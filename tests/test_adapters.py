@@ -1,6 +1,7 @@
 """The maths of one adapted linear: references, Gram–Schmidt, routing, init, dtypes."""
 from __future__ import annotations
 
+import copy
 import itertools
 
 import pytest
@@ -13,10 +14,12 @@ from omoe_lab.adapters import (
     MoELoRALinear,
     OMoELinear,
     gram_schmidt,
+    gram_schmidt_weights,
     load_balancing_loss,
     router_z_loss,
     routing_gates,
 )
+from omoe_lab.adapters.orthogonal import resolvable_tol
 
 MODES = ["stiefel", "orthogonal", "norm_preserving"]
 ROUTINGS = [dict(), dict(top_k=2), dict(top_p=0.6)]
@@ -54,6 +57,11 @@ def qr_reference(vectors: torch.Tensor, mode: str) -> torch.Tensor:
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def omoe_reference(layer: OMoELinear, x: torch.Tensor) -> torch.Tensor:
+    """``s · m · Σ_k g_k q_k`` with q_k from ``gram_schmidt`` on the materialized expert outputs."""
+    return layer.scaling * layer.magnitude * (layer.route(x).unsqueeze(-1) * layer.orthogonal_outputs(x)).sum(-2)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -271,12 +279,145 @@ def test_rank_larger_than_layer_is_refused():
 
 
 def test_float32_gram_option_stays_close_to_the_reference():
-    """The Gram in float32 (the spec's choice, faster) loses a little precision but not the answer."""
-    layer = make_layer("omoe", top_k=3)
+    """The Gram in float32 (the spec's choice, faster), with a threshold it resolves, keeps the answer."""
+    layer = make_layer("omoe", top_k=3, redundancy_tol=resolvable_tol(torch.float32))
     layer.gram_dtype = torch.float32
     x = torch.randn(64, D_IN)
-    reference = layer.scaling * layer.magnitude * (layer.route(x).unsqueeze(-1) * layer.orthogonal_outputs(x)).sum(-2)
-    assert rel_err(layer.adapter_output(x), reference) < 1e-4
+    assert rel_err(layer.adapter_output(x), omoe_reference(layer, x)) < 1e-4
+
+
+def near_span_layer(residuals: list[float], dtype=torch.float64, **kwargs) -> OMoELinear:
+    """Experts 0, 1 random; expert 2 + i a copy of expert i % 2 with B moved by ``residuals[i]``
+    (relative), so its output lies about that far from the span of the experts before it."""
+    layer = make_layer("omoe", num_experts=2 + len(residuals), **kwargs).to(dtype)
+    with torch.no_grad():
+        for i, rho in enumerate(residuals):
+            src = i % 2
+            layer.lora_A[2 + i] = layer.lora_A[src]
+            noise = torch.randn_like(layer.lora_B[src])
+            layer.lora_B[2 + i] = layer.lora_B[src] + rho * noise * layer.lora_B[src].norm() / noise.norm()
+    return layer
+
+
+def relative_residuals(vectors: torch.Tensor) -> torch.Tensor:
+    """``‖u_k‖ / ‖e_k‖`` per token and expert [..., E] (float64 Householder QR)."""
+    r = torch.linalg.qr(vectors.double().transpose(-1, -2)).R
+    return torch.diagonal(r, dim1=-2, dim2=-1).abs() / vectors.double().norm(dim=-1)
+
+
+def test_float64_gram_resolves_experts_close_to_the_span():
+    """At the default tol 1e-4, experts 0.1–3 % off the span of earlier ones are live and match the reference."""
+    layer = near_span_layer([1e-3, 3e-3, 1e-2, 3e-2])
+    x = torch.randn(64, D_IN, dtype=torch.float64)
+    residuals = relative_residuals(layer.expert_outputs(x))[:, 2:]
+    assert residuals.min() > 5e-4 and residuals.max() < 6e-2  # the construction is what it says
+    assert rel_err(layer.adapter_output(x), omoe_reference(layer, x)) <= 1e-6
+
+
+def test_float32_gram_with_a_resolvable_tol_matches_the_reference():
+    """Float32 Gram at tol = resolvable_tol(float32): an expert 1 % off the span is redundant in
+    both paths, one 20 % off is live in both; the answer is the float64 reference's."""
+    tol = resolvable_tol(torch.float32)
+    layer = near_span_layer([1e-2, 2e-1], dtype=torch.float32, redundancy_tol=tol)
+    layer.gram_dtype = torch.float32
+    x = torch.randn(64, D_IN)
+    residuals = relative_residuals(layer.expert_outputs(x))
+    assert residuals[:, 2].max() < tol / 2 and residuals[:, 3].min() > 2 * tol  # far from the threshold
+    reference = omoe_reference(copy.deepcopy(layer).double(), x.double())
+    assert rel_err(layer.adapter_output(x), reference) < 1e-5
+
+
+def test_unresolvable_tol_for_a_float32_gram_is_refused_with_both_fixes(monkeypatch):
+    """Float32 cannot resolve tol 1e-4 (1 − cos² ≈ 1e-8 < eps32): refused, never silently raised."""
+    floor = f"{resolvable_tol(torch.float32):.3g}"
+    message = rf"redundancy_tol=0.0001 is below {floor}.*float64.*redundancy_tol.*>= 0.035"
+    layer = make_layer("omoe")
+    with pytest.raises(ValueError, match=message):
+        layer.gram_dtype = torch.float32  # on the layer
+    assert layer.gram_dtype is torch.float64
+    layer32 = make_layer("omoe", redundancy_tol=0.05)
+    layer32.gram_dtype = torch.float32  # resolvable: accepted
+    with pytest.raises(ValueError, match=message):  # lowering the tol of a float32 layer
+        layer32.redundancy_tol = 1e-4
+    with pytest.raises(ValueError, match="MPS has no float64"):
+        layer.check_gram_precision(torch.device("mps"))
+    monkeypatch.setattr(OMoELinear, "gram_dtype", torch.float32)  # as the benchmark does
+    with pytest.raises(ValueError, match=message):
+        layer(torch.randn(2, D_IN))  # built before the class attribute changed: the forward's guard
+    with pytest.raises(ValueError, match=message):
+        make_layer("omoe")  # at construction
+    gram = torch.eye(3).expand(2, 3, 3)
+    gates, active = torch.full((2, 3), 1 / 3), torch.ones(2, 3, dtype=torch.bool)
+    with pytest.raises(ValueError, match=rf"redundancy_tol=0.0001 is below {floor}"):
+        gram_schmidt_weights(gram, gates, active, tol=1e-4)  # the function itself
+    gram_schmidt_weights(gram.double(), gates, active, tol=1e-4)  # float64 resolves it
+
+
+def test_router_sees_the_clean_input_under_dropout():
+    """Dropout acts on the experts' input; the gates of a training forward are route(x) on the clean x."""
+    for method in ["moe", "omoe"]:
+        layer = make_layer(method, dropout=0.5, top_k=2).train()
+        x = torch.randn(6, D_IN)
+        torch.manual_seed(5)
+        out = layer.adapter_output(x)
+        torch.manual_seed(5)
+        x_dropped = layer.dropout(x)  # the same mask as the forward's
+        selected = [routing_gates(layer.router(inputs), top_k=2)[1] for inputs in (x_dropped, x)]
+        assert not torch.equal(*selected)  # dropout does change which experts a router would pick
+        gates, active = layer.route_with_mask(x)
+        e = torch.einsum("...d,erd,eor->...eo", x_dropped, layer.lora_A, layer.lora_B)
+        if method == "omoe":  # the Gram is that of the dropped-out experts, the outputs actually mixed
+            e = layer.magnitude * gram_schmidt(e, active, layer.orthogonalize, layer.redundancy_tol)
+        assert rel_err(out, layer.scaling * (gates.unsqueeze(-1) * e).sum(-2)) < 1e-5, method
+
+
+@pytest.mark.parametrize("mode,routing", list(itertools.product(MODES, ROUTINGS)))
+def test_fast_path_gradients_match_the_reference(mode, routing):
+    """d/d(A, B, router, m, x) of the rank-space forward equal those of explicit Gram–Schmidt (float64),
+    with a duplicated expert (2 = 0) and a zero expert (4) among random ones."""
+    layer = make_layer("omoe", num_experts=5, orthogonalize=mode, **routing).double()
+    with torch.no_grad():
+        layer.lora_A[2], layer.lora_B[2] = layer.lora_A[0], layer.lora_B[0]
+        layer.lora_B[4] = 0
+    x = torch.randn(3, 7, D_IN, dtype=torch.float64, requires_grad=True)
+    probe = torch.randn(3, 7, D_OUT, dtype=torch.float64)
+    names = ["lora_A", "lora_B", "router.weight", "magnitude"]
+    inputs = [layer.get_parameter(n) for n in names] + [x]
+
+    def grads(forward):
+        return torch.autograd.grad((forward(x) * probe).sum(), inputs)
+
+    fast, reference = grads(layer.adapter_output), grads(lambda x: omoe_reference(layer, x))
+    for name, f, r in zip(names + ["x"], fast, reference):
+        assert r.abs().max() > 0 and torch.isfinite(f).all(), name
+        assert rel_err(f, r) <= 1e-10, (name, rel_err(f, r))
+
+
+def test_float16_near_collinear_expert_gets_finite_gradients():
+    """Found by tests/test_fuzz.py. Rank 1, expert 1 = 3 × expert 0: fp16 rounding leaves it ρ ≈ 2e-4
+    from expert 0's span, live at tol 1e-4. The gradient reaching ``a`` through the Gram and through
+    ``w ⊙ a`` has two parts ∝ 1/ρ that cancel (at rank 1, e_k's direction does not depend on a_k);
+    each rounded to fp16 on its own, they overflowed to inf − inf = NaN, although the exact
+    gradients are small. Formed in float64 and rounded once, they stay finite."""
+    torch.manual_seed(0)
+    layer = OMoELinear(nn.Linear(16, 32).requires_grad_(False), AdapterConfig(num_experts=2, rank=1), 2)
+    with torch.no_grad():
+        layer.lora_B.normal_()
+        layer.magnitude.fill_(1.0)
+        layer.lora_A[1], layer.lora_B[1] = layer.lora_A[0], 3 * layer.lora_B[0]
+    layer = layer.half()
+    x = torch.randn(8, 16, dtype=torch.float16, requires_grad=True)
+    probe = 0.1 * torch.randn(8, 32)  # lora_B's exact gradient (∝ 1/ρ) then fits fp16 with room
+    params = [layer.lora_A, layer.lora_B, layer.router.weight, layer.magnitude]
+    grads = torch.autograd.grad((layer(x).float() * probe).sum(), params + [x])
+    exact = copy.deepcopy(layer).double()
+    x64 = x.detach().double().requires_grad_(True)
+    exact_out = exact.base_layer(x64) + omoe_reference(exact, x64)
+    exact_params = [exact.lora_A, exact.lora_B, exact.router.weight, exact.magnitude]
+    exact_grads = torch.autograd.grad((exact_out * probe.double()).sum(), exact_params + [x64])
+    assert max(g.abs().max() for g in exact_grads) < torch.finfo(torch.float16).max / 8  # representable
+    for name, grad in zip(["lora_A", "lora_B", "router.weight", "magnitude", "x"], grads):
+        assert torch.isfinite(grad).all(), name
 
 
 def test_configs_saved_with_the_old_b_init_name_still_load():

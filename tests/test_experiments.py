@@ -19,7 +19,10 @@ def test_one_run_trains_evaluates_analyses_and_replays_from_cache(tmp_path):
     assert not result.from_cache and len(result.history) == 3
     assert result.metrics["protocol"] == "loglik" and result.metrics["n"] == 8
     assert result.metrics["n_per_task"] == {"boolq": 4, "piqa": 4}
-    assert 0.0 <= result.metrics["accuracy"] <= 1.0
+    correct = result.metrics["correct"]
+    assert len(correct) == 8 and result.metrics["accuracy"] == sum(correct) / 8
+    assert result.metrics["per_task"] == {"boolq": sum(correct[:4]) / 4, "piqa": sum(correct[4:]) / 4}  # test questions in task order
+    assert len(set(result.metrics["questions"])) == 8 and result.metrics["prompt_style"] == "cloze"
     layers = result.experts
     assert layers and all(row["experts"] == 3 and 0.0 <= row["mean_abs_cosine"] <= 1.0 for row in layers)
     assert all(row["stiefel_error"] < 1e-4 for row in layers)  # q_i are orthonormal by construction
@@ -53,11 +56,11 @@ def test_compare_gives_a_tidy_table_with_protocol_and_counts(tmp_path):
     assert lora.interval == "t over seeds" and lora.low <= lora.accuracy <= lora.high
     zero = summary[(summary.method == "none") & (summary.task == "all")].iloc[0]
     assert zero.interval == "Wilson over examples"
-    # Wilson interval for p = 0.5, n = 8, by hand: centre 0.5, half-width z·sqrt(0.25/8 + z²/256)/(1+z²/8)
-    z = 1.959964
-    half = z * math.sqrt(0.25 / 8 + z * z / 256) / (1 + z * z / 8)
-    if zero.accuracy == 0.5:
-        assert zero.high - zero.low == pytest.approx(2 * half)
+    # the Wilson interval of the observed accuracy over n = 8, by hand
+    z, p, n = 1.959964, zero.accuracy, 8
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    assert (zero.low, zero.high) == pytest.approx((centre - half, centre + half), abs=1e-12)
 
 
 def _mcnemar_by_hand(gained: int, lost: int) -> float:
@@ -107,3 +110,36 @@ def test_the_random_start_is_part_of_the_key_and_the_label():
     assert RunConfig(method="omoe", profile="ci", b_init_std=0.02).label() == "OMoE (stiefel) E=4 soft"
     assert RunConfig(method="omoe", profile="ci", b_init_std=0.1).label() == "OMoE (stiefel) E=4 soft, B ~ N(0, 0.1²)"
     assert control.adapter_config(30).b_init_std == 0.02
+
+
+def test_cached_runs_of_an_older_schema_never_replay(tmp_path, monkeypatch):
+    import omoe_lab.experiments as experiments
+
+    config = RunConfig(method="none", **SMALL)
+    key = config.key()
+    monkeypatch.setattr(experiments, "SCHEMA_VERSION", experiments.SCHEMA_VERSION + 1)
+    assert config.key() != key
+
+
+def test_the_test_subset_is_a_fixed_random_one_in_task_order():
+    from omoe_lab.data.tasks import load_task
+    from omoe_lab.experiments import test_examples
+
+    chosen = test_examples(RunConfig(method="none", **{**SMALL, "eval_per_task": 20}))
+    again = test_examples(RunConfig(method="moe", seed=5, **{**SMALL, "eval_per_task": 20}))
+    assert chosen == again and [ex.task for ex in chosen] == ["boolq"] * 20 + ["piqa"] * 20
+    assert chosen[:20] != load_task("boolq", "test", None, 20)  # not simply the first 20
+
+
+@pytest.mark.parametrize("fields,message", [
+    (dict(method="mixlora"), "unknown method"), (dict(prompt_style="chat"), "unknown prompt style"),
+    (dict(protocol="vote"), "unknown protocol"), (dict(method="moe", num_experts=2, top_k=3), "top_k=3"),
+    (dict(method="omoe", num_experts=0), "num_experts must be >= 1"), (dict(tasks=()), "no tasks"),
+])
+def test_bad_run_configs_fail_before_any_work(fields, message, tmp_path):
+    from omoe_lab.experiments import run_all
+
+    good = RunConfig(method="none", **SMALL)
+    with pytest.raises(ValueError, match=message):
+        run_all([good, RunConfig(**{"method": "moe", **SMALL, **fields})], cache_dir=tmp_path, progress=False)
+    assert not any(tmp_path.iterdir())  # checked before the first (good) run started

@@ -76,13 +76,20 @@ class LoRALinear(nn.Module):
         """Per-token weights w [..., E] of the experts in the output (None: all ones)."""
         return None
 
-    def adapter_output(self, x: torch.Tensor) -> torch.Tensor:
-        """The added term ``s · Σ_i w_i B_i a_i`` = ``s · B_cat (w ⊙ a)``, without forming any e_i."""
-        x = self.dropout(x.to(self.lora_A.dtype))
-        a = self.expert_inputs(x)
+    def mixed_inputs(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """``w ⊙ a`` [..., E, r], what the final matmul with ``B_cat`` mixes."""
         weights = self.mixing_weights(x, a)
-        if weights is not None:
-            a = a * weights.to(a.dtype).unsqueeze(-1)
+        return a if weights is None else a * weights.to(a.dtype).unsqueeze(-1)
+
+    def adapter_output(self, x: torch.Tensor) -> torch.Tensor:
+        """The added term ``s · Σ_i w_i B_i a_i`` = ``s · B_cat (w ⊙ a)``, without forming any e_i.
+
+        Dropout acts on the experts' input only, ``a_i = A_i dropout(x)``; the router sees the clean
+        ``x`` (as in MixLoRA and PEFT-style mixtures), so the gates of a training step are exactly
+        ``route(x)``. OMoE's Gram is that of the dropped-out ``a``: the outputs actually mixed.
+        """
+        x = x.to(self.lora_A.dtype)
+        a = self.mixed_inputs(x, self.expert_inputs(self.dropout(x)))
         return self.scaling * torch.einsum("...er,eor->...o", a, self.lora_B)
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:

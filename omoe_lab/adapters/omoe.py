@@ -6,7 +6,9 @@ from torch import nn
 
 from .config import AdapterConfig
 from .moe import MoELoRALinear
-from .orthogonal import expert_gram, gram_schmidt, gram_schmidt_weights
+from .orthogonal import (
+    check_resolvable_tol, expert_gram, gram_schmidt, gram_schmidt_weights, resolvable_tol, round_up,
+)
 
 
 class OMoELinear(MoELoRALinear):
@@ -21,6 +23,12 @@ class OMoELinear(MoELoRALinear):
     Init (OMOE_SPEC §4): ``B`` small random, so every expert has a direction from step 0, and
     the learnable magnitude ``m`` (one scalar per layer) starts at 0, so the model starts as the
     base model. ``m`` gets a gradient at step 1, everything else from step 2.
+
+    Precision: the Gram runs in ``gram_dtype`` (float64; float32 on MPS, which has no float64).
+    A float32 Gram cannot resolve ``redundancy_tol`` below ``resolvable_tol(torch.float32)`` (3.45e-2):
+    such a layer is refused with a ValueError at construction, when ``gram_dtype`` or
+    ``redundancy_tol`` is set on it, and (a guard on Python values only) in the forward, e.g.
+    after the class attribute was changed or the layer moved to MPS.
     """
 
     method = "omoe"
@@ -30,21 +38,60 @@ class OMoELinear(MoELoRALinear):
     def __init__(self, base_layer: nn.Module, config: AdapterConfig, num_experts: int, layer_index: int | None = None):
         super().__init__(base_layer, config, num_experts, layer_index)
         self.orthogonalize = config.orthogonalize
-        self.redundancy_tol = config.redundancy_tol
+        self.redundancy_tol = config.redundancy_tol  # __setattr__ checks it against the Gram's precision
         self.magnitude = nn.Parameter(torch.zeros((), device=self.lora_A.device))
+
+    def __setattr__(self, name, value):
+        # refuse an unresolvable threshold when it is set, not at the first training step
+        if name in ("gram_dtype", "redundancy_tol") and "lora_A" in self._parameters:
+            self.check_gram_precision(
+                self.lora_A.device,
+                value if name == "gram_dtype" else self.gram_dtype,
+                value if name == "redundancy_tol" else self.redundancy_tol,
+            )
+        super().__setattr__(name, value)
+
+    def check_gram_precision(
+        self, device: torch.device, gram_dtype: torch.dtype | None = None, tol: float | None = None
+    ) -> torch.dtype:
+        """The Gram dtype used on ``device``; a ValueError if it cannot resolve the redundancy threshold."""
+        gram_dtype = self.gram_dtype if gram_dtype is None else gram_dtype
+        tol = self.redundancy_tol if tol is None else tol
+        if device.type == "mps":  # no float64 on MPS
+            gram_dtype, fixes = torch.float32, "MPS has no float64, so"
+        else:
+            fixes = "use a float64 Gram (OMoELinear.gram_dtype = torch.float64, the default), or"
+        floor = resolvable_tol(gram_dtype)
+        fixes += f" set AdapterConfig(redundancy_tol=...) >= {round_up(floor):.2g}"
+        check_resolvable_tol(tol, gram_dtype, fixes)
+        return gram_dtype
 
     def orthogonal_outputs(self, x: torch.Tensor) -> torch.Tensor:
         """``q_k`` [..., E, d_out] by explicit Gram–Schmidt on the materialized experts (reference)."""
         gates, active = self.route_with_mask(x)
         return gram_schmidt(self.expert_outputs(x), active, self.orthogonalize, self.redundancy_tol)
 
+    def mixed_inputs(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """``w ⊙ a``, formed in the Gram's dtype from the very tensor the Gram is built from.
+
+        For an expert at relative distance ρ from the span of the others, ``w`` grows like 1/ρ and
+        the gradient reaching ``a`` through the Gram and through ``w ⊙ a`` has two large parts that
+        cancel. They must meet in float64 and be rounded to ``a``'s dtype only as a sum: rounded
+        apart, an fp16 ``a`` received inf from one and −inf from the other (NaN) where the true
+        gradient was small.
+        """
+        # a guard on Python values (dtype, device, config): no tensor is read, nothing syncs
+        wide = a.to(self.check_gram_precision(a.device))
+        return (wide * self.mixing_weights(x, wide).unsqueeze(-1)).to(a.dtype)
+
     def mixing_weights(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """``m · w`` [..., E] in the Gram's dtype, from the rank-space Gram of ``a`` (cast to that dtype)."""
         gates, active = self.route_with_mask(x)
         lead = a.shape[:-2]
         flat_a = a.reshape(-1, self.num_experts, self.rank)
-        # the Gram and its factorizations run in float64 outside autocast: tiny, and precision-bound
+        gram_dtype = self.check_gram_precision(a.device)
+        # the Gram and its factorizations run in gram_dtype outside autocast: tiny, and precision-bound
         with torch.autocast(device_type=a.device.type, enabled=False):
-            gram_dtype = torch.float32 if a.device.type == "mps" else self.gram_dtype
             gram = expert_gram(flat_a, self.lora_B, gram_dtype)
             weights = gram_schmidt_weights(
                 gram,
@@ -53,7 +100,7 @@ class OMoELinear(MoELoRALinear):
                 self.orthogonalize,
                 self.redundancy_tol,
             )
-        return (self.magnitude * weights).reshape(*lead, self.num_experts)
+        return (self.magnitude.to(weights.dtype) * weights).reshape(*lead, self.num_experts)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", orthogonalize={self.orthogonalize}"

@@ -11,8 +11,14 @@ Redundant experts. An expert with ``‖u_k‖ ≤ tol·‖e_k‖`` (zero, duplic
 experts before it) has no direction of its own: it gets ``q̂_k = 0`` and contributes nothing.
 An additive ``u/(‖u‖+eps)`` would instead turn float round-off into a vector of arbitrary length
 and direction, which is neither orthonormal nor small.
+
+Precision. The fast path decides redundancy from a Gram matrix, whose round-off (~eps of its
+dtype) sets how small a threshold it can resolve: ``resolvable_tol(dtype)``, 1.49e-6 in float64
+but 3.45e-2 in float32. A smaller ``tol`` is refused with a ValueError, never silently raised.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -74,6 +80,41 @@ def expert_gram(a: torch.Tensor, lora_B: torch.Tensor, dtype: torch.dtype = torc
     return (metric_a * a.unsqueeze(1)).sum(-1)
 
 
+def resolvable_tol(dtype: torch.dtype) -> float:
+    """Smallest redundancy ``tol`` a Gram matrix in ``dtype`` resolves: ``100·√eps`` (float64 1.49e-6,
+    float32 3.45e-2).
+
+    Redundancy is decided on ``C + δI`` with the jitter ``δ = (tol/10)²``. ``δ`` must stay above the
+    factorization's round-off, ``δ ≥ 100·eps`` (below ~10·eps float32 Cholesky already fails on
+    cosine matrices full of duplicates), and an exact duplicate then measures ``≈ 1.45·√δ``, 7×
+    below ``tol``. At the threshold, the implicit columns lose orthogonality as ``eps/tol² ≤ 1e-4``.
+    A float32 Gram cannot see a residual of 1e-4 at all: ``1 − cos² ≈ 1e-8 < eps32``.
+    """
+    return 100 * math.sqrt(torch.finfo(dtype).eps)
+
+
+def check_resolvable_tol(tol: float, dtype: torch.dtype, fixes: str | None = None) -> None:
+    """Raise a ValueError when a ``dtype`` Gram cannot resolve the redundancy threshold ``tol``.
+
+    Python floats and dtypes only (no tensor is read), so it is free inside a traced forward.
+    """
+    floor = resolvable_tol(dtype)
+    if tol < floor:
+        if fixes is None:
+            fixes = f"compute the Gram in torch.float64, or set tol >= {round_up(floor):.2g}"
+        raise ValueError(
+            f"redundancy_tol={tol:g} is below {floor:.3g}, the smallest relative residual a {dtype} Gram "
+            f"matrix can resolve (orthogonal.resolvable_tol); experts that close to the span of earlier "
+            f"ones would be misclassified. Fix: {fixes}"
+        )
+
+
+def round_up(value: float, digits: int = 2) -> float:
+    """``value`` rounded up to ``digits`` significant digits (a threshold to suggest that still passes)."""
+    step = 10.0 ** (math.floor(math.log10(value)) - digits + 1)
+    return math.ceil(value / step) * step
+
+
 def gram_schmidt_weights(
     gram: torch.Tensor,
     gates: torch.Tensor,
@@ -89,19 +130,20 @@ def gram_schmidt_weights(
     ``L_kk = ‖u_k‖/‖e_k‖`` is each expert's relative residual, so
 
     1. factor ``C + δI`` (inactive experts replaced by identity rows) and call expert k
-       redundant when ``L_kk ≤ tol`` (``δ`` keeps exact duplicates factorizable);
+       redundant when ``L_kk ≤ tol`` (``δ = (tol/10)²`` keeps exact duplicates factorizable);
     2. factor ``C`` again without the redundant experts, and solve
        ``w = D^{-1/2} L^{-T} (g ⊙ scale)`` with scale 1 (stiefel), ``L_kk ‖e_k‖`` (orthogonal)
        or ``‖e_k‖`` (norm_preserving).
 
-    Batched over tokens, no Python loop over experts, no host synchronization.
+    Batched over tokens, no Python loop over experts, no host synchronization. Raises a ValueError
+    when ``tol < resolvable_tol(gram.dtype)`` (a float32 Gram with the default 1e-4, for one).
     """
     _check_mode(mode)
+    check_resolvable_tol(tol, gram.dtype)
     num_experts = gram.shape[-1]
     eye = torch.eye(num_experts, dtype=gram.dtype, device=gram.device)
-    # round-off in the factorization is ~eps(dtype); the jitter and threshold must sit above it
-    jitter = max((tol / 10) ** 2, 100 * torch.finfo(gram.dtype).eps)
-    tol = max(tol, 10 * jitter**0.5)
+    # ≥ 100·eps(dtype) by the check above: above the factorization's round-off
+    jitter = (tol / 10) ** 2
 
     squared_norms = gram.diagonal(dim1=-2, dim2=-1)
     nonzero = active & (squared_norms > 0)

@@ -1,8 +1,9 @@
 """Training batches whose loss falls only on the answer: ``prompt + target (+ eos)``.
 
 Prompt and target are tokenized separately and their ids concatenated, so the boundary between
-what is masked and what is learned is exact, and the prompt ids are the very ones the scorers in
-``omoe_lab.evaluate`` feed the model (``tokenizer(build_prompt(ex))``, special tokens included).
+what is masked and what is learned is exact. The prompt ids come from :func:`encode_prompt`, the
+one prompt encoder that every scorer in ``omoe_lab.evaluate`` uses too, so training and scoring
+see the very same prompt tokens (special tokens included, a trailing EOS never).
 Labels follow the Hugging Face convention: aligned with ``input_ids`` (the model shifts them) and
 ``-100`` wherever no loss is wanted.
 """
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from .example import Example
-from .prompts import build_prompt, target_text
+from .prompts import build_prompt, check_label_words_are_shown, check_prompt_style, target_text
 
 IGNORE_INDEX = -100  # what torch's cross-entropy and HF models skip
 
@@ -23,18 +24,36 @@ def pad_token_id(tokenizer) -> int | None:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
+def encode_prompt_text(tokenizer, text: str) -> list[int]:
+    """``tokenizer(text).input_ids`` without a trailing EOS: a context that the answer continues.
+
+    Special tokens are added as the tokenizer adds them (a BOS stays), but tokenizers that append
+    EOS to every text would otherwise end the context before the answer it is meant to lead to.
+    """
+    ids = list(tokenizer(text)["input_ids"])
+    if ids and tokenizer.eos_token_id is not None and ids[-1] == tokenizer.eos_token_id:
+        ids.pop()
+    return ids
+
+
+def encode_prompt(tokenizer, example: Example, style: str = "listed") -> list[int]:
+    """The prompt's token ids, exactly as training (:func:`encode_example`) and every scorer feed them."""
+    return encode_prompt_text(tokenizer, build_prompt(example, style))
+
+
 def encode_example(
-    tokenizer, example: Example, max_length: int, add_eos: bool = True, target: str = "label"
+    tokenizer, example: Example, max_length: int, add_eos: bool = True, target: str = "label", prompt_style: str = "listed"
 ) -> dict[str, list[int]]:
     """``input_ids`` of prompt + target (+ eos) and ``labels`` that are ``-100`` on the prompt.
 
-    Too long a prompt loses tokens from its left (after a leading BOS, which is kept); the target
-    is never cut, and a ``max_length`` that cannot hold it raises.
+    The prompt is :func:`encode_prompt` of ``prompt_style``, the one the scorer of that style
+    sees. Too long a prompt loses tokens from its left (after a leading BOS, which is kept); the
+    target is never cut, and a ``max_length`` that cannot hold it raises.
     """
-    prompt_ids = list(tokenizer(build_prompt(example))["input_ids"])
+    if target == "label":
+        check_label_words_are_shown(example, prompt_style, "target='label'")
+    prompt_ids = encode_prompt(tokenizer, example, prompt_style)
     eos = tokenizer.eos_token_id
-    if prompt_ids and eos is not None and prompt_ids[-1] == eos:
-        prompt_ids.pop()  # tokenizers that append EOS to every text would end the prompt early
     target_ids = list(tokenizer(target_text(example, target), add_special_tokens=False)["input_ids"])
     if not target_ids:
         raise ValueError(f"{example.task}: target {target_text(example, target)!r} tokenizes to nothing")
@@ -56,21 +75,26 @@ def encode_example(
 class TrainCollator:
     """Turns a list of Examples into right-padded ``input_ids``, ``attention_mask``, ``labels``.
 
+    Each row is :func:`encode_example` with this collator's ``target`` and ``prompt_style``.
     Padding uses the tokenizer's pad id (its EOS when it has none); padded positions get
     attention 0 and label ``-100`` by position, so a pad id equal to EOS never hides the
     target's EOS from the loss.
     """
 
-    def __init__(self, tokenizer, max_length: int = 256, add_eos: bool = True):
+    def __init__(self, tokenizer, max_length: int = 256, add_eos: bool = True, *, target: str = "label", prompt_style: str = "listed"):
         pad = pad_token_id(tokenizer)
         if pad is None:
             raise ValueError("TrainCollator: the tokenizer has neither a pad nor an EOS token to pad with")
+        check_prompt_style(prompt_style)
         self.tokenizer, self.max_length, self.add_eos, self.pad_token_id = tokenizer, max_length, add_eos, pad
+        self.target, self.prompt_style = target, prompt_style
 
     def __call__(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
         if not examples:
             raise ValueError("TrainCollator: empty batch")
-        encoded = [encode_example(self.tokenizer, ex, self.max_length, self.add_eos) for ex in examples]
+        encoded = [
+            encode_example(self.tokenizer, ex, self.max_length, self.add_eos, self.target, self.prompt_style) for ex in examples
+        ]
         return pad_encoded(encoded, self.pad_token_id)
 
 

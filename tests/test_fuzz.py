@@ -1,0 +1,216 @@
+"""Seeded fuzz of one adapted linear: random shapes, routings, modes, degenerate experts, dtypes.
+
+60 fixed cases from ``numpy.random.default_rng(0)`` (CPU, about a second). Every case must give
+finite outputs and a finite gradient for every trainable parameter and the input; where the
+answer is well defined (float64 or float32, every active expert clearly live or clearly
+redundant) it must match the materialized ``gram_schmidt`` reference computed in float64.
+bf16 and fp16 are checked for finiteness only: their rounding of ``a`` (4e-3, 1e-3) is the error
+itself wherever experts cancel or nearly coincide, not something a tolerance could separate.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from omoe_lab.adapters import AdapterConfig, MoELoRALinear, OMoELinear, gram_schmidt
+from omoe_lab.adapters.orthogonal import resolvable_tol
+
+NUM_CASES = 60
+D_OUT = 64  # > 16 experts: random experts are never close to the span of the others
+MODES = ["stiefel", "orthogonal", "norm_preserving", None]  # None: vanilla MoE-LoRA
+ROUTINGS = ["soft", "top1", "topk", "topp"]
+KINDS = ["random", "zero", "duplicate", "collinear", "huge", "tiny"]
+# fp16 tops out at 65504 and has no normal number below 6e-5: experts at 1e3–1e4 overflow any fp16
+# matmul (plain LoRA's too), and 1e-6 ones underflow, so fp16 cases keep to the other kinds
+FP16_KINDS = ["random", "zero", "duplicate", "collinear"]
+PRECISIONS = ["float64", "float32", "bf16-autocast", "float16"]
+# fast path vs float64 reference, relative error of the adapter output. Measured on 2060 cases:
+# float64 ≤ 6e-16, float32 inputs ≤ 4.5e-7, a float32 Gram ≤ 2.4e-7; the margins (1e5, 20×) cover
+# rounding that grows with E·r ≤ 256-term sums and with 1/ρ ≤ 10 for the live experts
+MATCH_TOL = {"float64": 1e-10, "float32": 1e-5}
+# "well defined": every active expert is clearly live (ρ ≥ 0.1) or clearly redundant (ρ ≤ tol/10)
+LIVE_MIN, DEAD_FACTOR = 0.1, 0.1
+
+
+@dataclass
+class Case:
+    num_experts: int
+    rank: int
+    d_in: int
+    tokens: int
+    mode: str | None
+    routing: dict
+    kinds: list[str]
+    precision: str
+    float32_gram: bool
+    seed: int
+    scales: list[float]  # per expert, 1e3–1e4: the size of a huge expert, ±1/1000 of it a collinear factor
+
+
+def draw_case(index: int, rng: np.random.Generator) -> Case:
+    """Mode and routing cycle with ``index`` (every pair within 16 cases), the rest is drawn."""
+    num_experts, rank = int(rng.integers(1, 17)), int(rng.integers(1, 17))
+    routing = {
+        "soft": {},
+        "top1": dict(top_k=1),
+        "topk": dict(top_k=int(rng.integers(1, num_experts + 1))),
+        "topp": dict(top_p=float(rng.uniform(0.3, 1.0))),
+    }[ROUTINGS[(index // len(MODES)) % len(ROUTINGS)]]
+    precision = PRECISIONS[int(rng.integers(len(PRECISIONS)))]
+    kinds = FP16_KINDS if precision == "float16" else KINDS
+    return Case(
+        num_experts=num_experts, rank=rank, d_in=int(rng.integers(16, 49)), tokens=int(rng.integers(1, 9)),
+        mode=MODES[index % len(MODES)], routing=routing,
+        kinds=[kinds[int(rng.integers(len(kinds)))] for _ in range(num_experts)], precision=precision,
+        float32_gram=bool(rng.random() < 0.2), seed=int(rng.integers(2**31)),
+        scales=[float(10 ** rng.uniform(3, 4)) for _ in range(num_experts)],
+    )
+
+
+_rng = np.random.default_rng(0)
+CASES = [draw_case(index, _rng) for index in range(NUM_CASES)]
+
+
+def _cpu_supports_float16() -> bool:
+    try:
+        layer = nn.Linear(4, 4).half()
+        layer(torch.ones(2, 4, dtype=torch.float16, requires_grad=True)).sum().backward()
+        return True
+    except RuntimeError:
+        return False
+
+
+FLOAT16_OK = _cpu_supports_float16()
+
+
+def build(case: Case) -> MoELoRALinear:
+    """A float32 layer with random weights, then the case's degenerate experts written in."""
+    torch.manual_seed(case.seed)
+    method = "moe" if case.mode is None else "omoe"
+    float32_gram = case.float32_gram and method == "omoe"
+    config = AdapterConfig(
+        method=method, num_experts=case.num_experts, rank=case.rank, alpha=2 * case.rank,
+        orthogonalize=case.mode or "stiefel", redundancy_tol=resolvable_tol(torch.float32) if float32_gram else 1e-4,
+        **case.routing,
+    )
+    base = nn.Linear(case.d_in, D_OUT).requires_grad_(False)
+    layer = (OMoELinear if method == "omoe" else MoELoRALinear)(base, config, case.num_experts)
+    if float32_gram:
+        layer.gram_dtype = torch.float32
+    with torch.no_grad():
+        layer.lora_B.normal_()
+        layer.router.weight.normal_()
+        if method == "omoe":
+            layer.magnitude.fill_(0.8)
+        for k, kind in enumerate(case.kinds):
+            earlier = [j for j in range(k) if case.kinds[j] != "zero"]
+            j = earlier[k % len(earlier)] if earlier else None
+            if kind == "zero":
+                layer.lora_B[k] = 0
+            elif kind in ("duplicate", "collinear") and j is not None:
+                factor = 1.0 if kind == "duplicate" else (-1) ** k * case.scales[k] / 1e3  # ±1..±10
+                layer.lora_A[k], layer.lora_B[k] = layer.lora_A[j], factor * layer.lora_B[j]
+            elif kind == "huge":
+                layer.lora_B[k] *= case.scales[k]
+            elif kind == "tiny":
+                layer.lora_B[k] *= 1e-6
+    return layer
+
+
+def reference_adapter(layer: MoELoRALinear, x: torch.Tensor, gates: torch.Tensor, active: torch.Tensor):
+    """``s·Σ g e`` or ``s·m·Σ g q`` from materialized outputs, and each active expert's relative residual."""
+    e = layer.expert_outputs(x)
+    if layer.method == "moe":
+        return layer.scaling * (gates.unsqueeze(-1) * e).sum(-2), None
+    q = gram_schmidt(e, active, layer.orthogonalize, layer.redundancy_tol)
+    # in "orthogonal" mode q_k = u_k, so ‖q_k‖/‖e_k‖ is expert k's distance from the span before it
+    u = gram_schmidt(e, active, "orthogonal", layer.redundancy_tol)
+    residuals = (u.norm(dim=-1) / e.norm(dim=-1).clamp_min(1e-300))[active]
+    return layer.scaling * layer.magnitude * (gates.unsqueeze(-1) * q).sum(-2), residuals
+
+
+def well_defined(residuals: torch.Tensor | None, tol: float) -> bool:
+    if residuals is None:
+        return True
+    return bool(((residuals >= LIVE_MIN) | (residuals <= DEAD_FACTOR * tol)).all())
+
+
+def run_case(case: Case) -> dict:
+    layer = build(case)
+    generator = torch.Generator().manual_seed(case.seed)
+    x = torch.randn(2, case.tokens, case.d_in, generator=generator)
+    probe = torch.randn(2, case.tokens, D_OUT, generator=generator)
+    dtype = {"float64": torch.float64, "float16": torch.float16}.get(case.precision, torch.float32)
+    layer, x = layer.to(dtype), x.to(dtype)
+    x.requires_grad_(True)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=case.precision == "bf16-autocast")
+    params = [p for p in layer.parameters() if p.requires_grad]
+    with autocast:
+        out = layer(x)
+    grads = torch.autograd.grad((out.float() * probe).sum(), params + [x])  # every parameter must be used
+    with torch.no_grad(), autocast:
+        adapter = layer.adapter_output(x)
+        gates, active = layer.route_with_mask(x)
+    # the float64 answer for these very weights (the half layer's own rounded ones), same gates
+    exact = copy.deepcopy(layer).double()
+    x64 = x.detach().double().requires_grad_(True)
+    reference, residuals = reference_adapter(exact, x64, gates.double(), active)
+    return dict(
+        layer=layer, out=out, grads=grads, adapter=adapter, reference=reference,
+        residuals=residuals, exact=exact, x64=x64, probe=probe,
+    )
+
+
+def exact_values_fit_float16(result: dict) -> bool:
+    """Whether the float64 output and gradients of the fp16 weights fit in fp16 (with 8× headroom)."""
+    exact, x64 = result["exact"], result["x64"]
+    gates, active = exact.route_with_mask(x64)
+    adapter, _ = reference_adapter(exact, x64, gates, active)
+    out = exact.base_layer(x64) + adapter
+    params = [p for p in exact.parameters() if p.requires_grad]
+    grads = torch.autograd.grad((out * result["probe"].double()).sum(), params + [x64])
+    biggest = max([out.detach().abs().max()] + [g.abs().max() for g in grads]).item()
+    return biggest < torch.finfo(torch.float16).max / 8
+
+
+def test_the_cases_cover_every_mode_routing_kind_and_precision():
+    assert {(c.mode, _routing_name(c)) for c in CASES} == {(m, r) for m in MODES for r in ROUTINGS}
+    assert {k for c in CASES for k in c.kinds} == set(KINDS)
+    assert {c.precision for c in CASES} == set(PRECISIONS)
+    assert any(c.float32_gram and c.mode is not None for c in CASES)
+    assert {c.num_experts for c in CASES} >= {1, 16} and {c.rank for c in CASES} >= {1, 16}
+
+
+def _routing_name(case: Case) -> str:
+    if "top_p" in case.routing:
+        return "topp"
+    return ("top1" if case.routing["top_k"] == 1 else "topk") if "top_k" in case.routing else "soft"
+
+
+def test_fuzz_finite_and_matching_the_reference():
+    compared = 0
+    for index, case in enumerate(CASES):
+        if case.precision == "float16" and not FLOAT16_OK:
+            continue
+        result = run_case(case)
+        where = f"case {index}: {case}"
+        if case.precision == "float16" and not exact_values_fit_float16(result):
+            continue  # the exact values themselves overflow fp16: nothing finite to ask for
+        assert torch.isfinite(result["out"]).all(), where
+        names = [n for n, p in result["layer"].named_parameters() if p.requires_grad] + ["x"]
+        for name, grad in zip(names, result["grads"]):
+            assert torch.isfinite(grad).all(), (name, where)
+        tol = MATCH_TOL.get(case.precision)  # None for bf16 / fp16: finiteness only (module docstring)
+        if case.float32_gram and case.mode is not None and tol is not None:
+            tol = MATCH_TOL["float32"]  # a float32 Gram rounds like float32 inputs
+        if tol is None or not well_defined(result["residuals"], getattr(result["layer"], "redundancy_tol", None)):
+            continue
+        reference = result["reference"]
+        error = (result["adapter"].double() - reference).norm() / reference.norm().clamp_min(1e-300)
+        assert error <= tol or reference.norm() == result["adapter"].double().norm() == 0, (error.item(), where)
+        compared += 1
+    assert compared >= 20  # the criterion above must leave most float32/float64 cases compared

@@ -1,0 +1,71 @@
+"""The sweep on the tiny model: one grid, resumable, summarized with intervals and paired tests."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from omoe_lab.sweep import ARMS, SETTINGS, sweep
+
+SMALL = dict(
+    model="tiny", profile="ci", tasks=("boolq", "piqa"), steps=4, batch_size=4, train_per_task=8, eval_per_task=6,
+    capture_tokens=64, max_length=96, diversity_every=2,
+)
+
+
+def test_sweep_summarizes_every_arm_and_resumes_from_the_cache(tmp_path):
+    out = tmp_path / "results" / "sweep.json"
+    cache = tmp_path / "cache"
+    # an "interrupted" sweep: only one arm finished
+    sweep("builtin", (0, 1), arms=["moe4"], cache_dir=cache, progress=False, **SMALL)
+    finished = {p.name for p in cache.iterdir()}
+    summary = sweep("builtin", (0, 1), arms=["moe4", "omoe4"], cache_dir=cache, out=out, command="test", progress=False, **SMALL)
+    assert finished < {p.name for p in cache.iterdir()} and len(list(cache.iterdir())) == 5  # zero-shot + 2 arms × 2 seeds
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(summary))
+    meta = saved["meta"]
+    assert meta["command"] == "test" and meta["seeds"] == [0, 1] and meta["n"] == 12 and meta["prompt_style"] == "cloze"
+    assert {"date", "versions", "machine"} <= set(meta) and meta["versions"]["torch"]
+
+    moe, omoe = saved["arms"]
+    assert [moe["arm"], omoe["arm"]] == ["moe4", "omoe4"] and moe["label"] == ARMS["moe4"].name
+    values = omoe["accuracy"]["all"]["values"]
+    assert len(values) == 2 and omoe["accuracy"]["all"]["mean"] == pytest.approx(sum(values) / 2)
+    assert omoe["accuracy"]["all"]["low"] <= omoe["accuracy"]["all"]["mean"] <= omoe["accuracy"]["all"]["high"]
+    assert set(omoe["accuracy"]) == {"all", "boolq", "piqa"}
+    assert set(omoe["diversity"]) == {"mean_abs_cosine", "mean_cka", "mean_cka_debiased", "effective_rank"}
+    assert [row["step"] for row in omoe["diversity_over_training"]] == [0, 2, 4]  # OMoE's random B: defined from step 0
+    assert [row["step"] for row in moe["diversity_over_training"]] == [2, 4]  # B = 0: undefined until the first step
+    loads = next(iter(omoe["routing_by_task"].values()))
+    assert set(loads) == {"boolq", "piqa"} and all(sum(v) == pytest.approx(1.0) for v in loads.values())
+    assert omoe["vs_best_baseline"]["combined"]["seeds"] == 2 and len(omoe["vs_best_baseline"]["per_seed"]) == 2
+
+    (comparison,) = saved["comparisons"]
+    assert (comparison["a"], comparison["b"]) == ("moe4", "omoe4")
+    diffs = [b - a for a, b in zip(moe["accuracy"]["all"]["values"], omoe["accuracy"]["all"]["values"])]
+    assert comparison["difference"]["values"] == pytest.approx(diffs)
+    combined = comparison["combined"]
+    assert combined["gained"] == sum(s["gained"] for s in comparison["per_seed"])
+    assert "Cochran" in combined["test"] and 0 <= combined["p"] <= 1
+
+    baselines = saved["baselines"]
+    assert {"listed/mean", "listed/sum", "listed/char", "listed/pmi", "cloze/mean", "cloze/pmi", "majority"} <= set(baselines["ways"])
+    for task, best in baselines["best_per_task"].items():
+        assert best["accuracy"] == max(way["per_task"][task] for way in baselines["ways"].values())
+
+
+def test_sweep_refuses_bad_input_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="unknown sweep setting"):
+        sweep("mars", (0, 1), cache_dir=tmp_path, progress=False, **SMALL)
+    with pytest.raises(ValueError, match="unknown arms"):
+        sweep("builtin", (0, 1), arms=["moe99"], cache_dir=tmp_path, progress=False, **SMALL)
+    with pytest.raises(ValueError, match="at least 2 distinct seeds"):
+        sweep("builtin", (0,), cache_dir=tmp_path, progress=False, **SMALL)
+    with pytest.raises(ValueError, match="unknown prompt style"):
+        sweep("builtin", (0, 1), cache_dir=tmp_path, progress=False, **{**SMALL, "prompt_style": "chat"})
+    assert not any(tmp_path.iterdir())
+
+
+def test_every_setting_names_known_arms():
+    for setting in SETTINGS.values():
+        assert set(setting.arms) <= set(ARMS)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Collection
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
@@ -527,13 +528,16 @@ def score_all_ways(
     styles: tuple[str, ...] = PROMPT_STYLES,
     batch_size: int = 8,
     progress: bool = True,
-    full_sequences: bool = False,
+    full_sequences: bool | Collection[str] = False,
 ) -> dict[str, EvalResult]:
     """Zero-shot loglik under every prompt style × normalization, plus PMI per style.
 
     Keys ``"<style>/<mean|sum|char|pmi>"`` (``"listed/mean"``, ``"cloze/pmi"``, ...). One model
     pass per style gives the sums every normalization divides, and one pass over the neutral
     context ``"Answer:"``, shared by all styles, gives the PMI term.
+    ``full_sequences``: for every style (True) or the named ones, score whole sequences (what a
+    frozen-prefix cache can replay later); the neutral pass always uses the KV cache (its
+    sequences are never scored again).
     """
     examples = _check_scoring_inputs(tokenizer, examples)
     styles = tuple(check_prompt_style(style) for style in styles)
@@ -541,9 +545,10 @@ def score_all_ways(
         raise ValueError(f"score_all_ways: styles must be distinct names from {PROMPT_STYLES}, got {styles}")
     results: dict[str, EvalResult] = {}
     with _scoring_mode(model):
-        neutral = score_neutral(model, tokenizer, examples, batch_size, progress, full_sequences=full_sequences)
+        neutral = score_neutral(model, tokenizer, examples, batch_size, progress)
         for style in styles:
-            option_scores = score_options(model, tokenizer, examples, batch_size, progress, prompt_style=style, full_sequences=full_sequences)
+            whole = full_sequences if isinstance(full_sequences, bool) else style in full_sequences
+            option_scores = score_options(model, tokenizer, examples, batch_size, progress, prompt_style=style, full_sequences=whole)
             for normalize in NORMALIZATIONS:
                 results[f"{style}/{normalize}"] = _loglik_result(examples, option_scores, neutral, style, normalize, calibrate=False)
             results[f"{style}/pmi"] = _loglik_result(examples, option_scores, neutral, style, "sum", calibrate=True)

@@ -292,11 +292,11 @@ def test_score_all_ways_equals_evaluate_with_one_pass_per_style(tiny):
     finally:
         handle.remove()
     assert list(results) == [f"{style}/{way}" for style in PROMPT_STYLES for way in ("mean", "sum", "char", "pmi")]
-    # full_sequences: one decoder call per batch of 2 prompts (3 per style), and one per batch
-    # of 2 neutral groups, shared by both styles: 14 distinct options in groups of 4 (the widest
-    # question) make 4 groups, 2 calls.
+    # full_sequences: one decoder call per batch of 2 prompts (3 per style); the neutral pass,
+    # shared by both styles, always uses the KV cache (a prompt call and an option call per
+    # batch): 14 distinct options in groups of 4 (the widest question) make 4 groups, 2 batches.
     assert len({tuple(c) for ex in EXAMPLES for c in option_ids(tokenizer, ex)}) == 14
-    assert len(calls) == 3 * len(PROMPT_STYLES) + 2
+    assert len(calls) == 3 * len(PROMPT_STYLES) + 2 * 2
     for key, result in results.items():
         style, way = key.split("/")
         kwargs = {"calibrate": True} if way == "pmi" else {"normalize": way}

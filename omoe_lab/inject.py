@@ -13,16 +13,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import __version__
-from .io import atomic_write, atomic_write_text
+from .io import atomic_write, atomic_write_text, writable_folder
 from .adapters import LAYER_CLASSES, AdapterConfig, LoRALinear, MoELoRALinear
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 _BLOCK_INDEX = re.compile(r"\.(\d+)(?:\.|$)")
+RESAVE_HINT = (
+    "expected the files omoe_lab.save_adapters writes (omoe-lab train prints where: <run>/adapters); "
+    "save the adapters again, or pass that folder"
+)
 
 
 def attach_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
@@ -126,8 +131,7 @@ def save_adapters(model: nn.Module, directory: str | os.PathLike) -> Path:
     layers = adapter_layers(model)
     if not layers:
         raise ValueError("this model has no adapters to save; call attach_adapters first")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = writable_folder(directory, fix="choose another directory")
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in adapter_state_dict(model).items()}
     meta = {
         "omoe_lab_version": __version__,
@@ -150,19 +154,51 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-def load_adapters(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
-    """Attach adapters saved by ``save_adapters`` (or fill existing ones) and load their weights.
+def read_adapter_config(directory: str | os.PathLike) -> tuple[AdapterConfig, dict]:
+    """The ``AdapterConfig`` and the whole metadata of a folder written by ``save_adapters``.
 
-    Refuses, naming the first difference, a folder saved for another config or architecture.
+    Cheap (no weights are read), so callers can check a folder before loading a model.
     """
     directory = Path(directory)
     config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     for path in (config_path, weights_path):
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: expected a folder written by omoe_lab.save_adapters")
-    meta = json.loads(config_path.read_text())
-    config = AdapterConfig.from_dict(meta["adapter_config"])
-    if adapter_layers(model):
+            raise FileNotFoundError(f"{path} not found: {RESAVE_HINT}")
+    try:
+        meta = json.loads(config_path.read_text(encoding="utf-8"))
+        config = AdapterConfig.from_dict(meta["adapter_config"])
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+        # a truncated or hand-edited file: the JSON error or missing key alone would not say which file
+        what = f"missing key {error}" if isinstance(error, KeyError) else f"{type(error).__name__}: {error}"
+        raise ValueError(f"{config_path} is not a valid adapter config ({what}); {RESAVE_HINT}") from error
+    return config, meta
+
+
+def load_adapters(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
+    """Attach adapters saved by ``save_adapters`` (or fill existing ones) and load their weights.
+
+    Refuses, naming the first difference, a folder saved for another config or architecture; the
+    model is then left as it was (adapters this call attached are detached again).
+    """
+    directory = Path(directory)
+    weights_path = directory / WEIGHTS_NAME
+    config, meta = read_adapter_config(directory)
+    saved_for = _describe_base_model(meta.get("base_model"))
+    another_model = (
+        f"the adapters were saved for another architecture or config (base model: {saved_for}); "
+        "load them into the model they were trained on"
+    )
+    try:
+        saved = load_file(str(weights_path))
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"{weights_path} cannot be read ({error}); it is truncated or not a safetensors file; {RESAVE_HINT}") from error
+    attached_here = not adapter_layers(model)
+    if attached_here:
+        try:
+            attach_adapters(model, config)
+        except ValueError as error:  # e.g. the saved target modules do not exist in this model
+            raise ValueError(f"{error}; {another_model}") from error
+    else:
         current = model.omoe_config.to_dict()
         changed = {k: (current[k], v) for k, v in config.to_dict().items() if current.get(k) != v}
         if changed:
@@ -170,22 +206,24 @@ def load_adapters(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
                 f"the model's adapters differ from the saved ones in {changed} (model, saved); "
                 "detach them first, or load into a model without adapters"
             )
-    else:
-        attach_adapters(model, config)
-    saved = load_file(str(weights_path))
-    own = adapter_state_dict(model)
-    missing, unexpected = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
-    if missing or unexpected:
-        raise ValueError(
-            f"{weights_path} does not fit this model: missing tensors {missing[:5]}, unexpected tensors "
-            f"{unexpected[:5]}; the adapters were saved for another architecture or config"
-        )
-    for name, tensor in saved.items():
-        if tensor.shape != own[name].shape:
+    try:
+        own = adapter_state_dict(model)
+        missing, unexpected = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
+        if missing or unexpected:
             raise ValueError(
-                f"tensor {name} has shape {tuple(tensor.shape)} in {weights_path} but "
-                f"{tuple(own[name].shape)} in the model; the adapters were saved for another architecture or config"
+                f"{weights_path} does not fit this model: missing tensors {missing[:5]}, unexpected tensors "
+                f"{unexpected[:5]}; {another_model}"
             )
+        for name, tensor in saved.items():
+            if tensor.shape != own[name].shape:
+                raise ValueError(
+                    f"tensor {name} has shape {tuple(tensor.shape)} in {weights_path} but "
+                    f"{tuple(own[name].shape)} in the model; {another_model}"
+                )
+    except ValueError:
+        if attached_here:
+            detach_adapters(model)  # leave the model as the caller passed it
+        raise
     with torch.no_grad():
         for name, tensor in saved.items():
             own[name].copy_(tensor)
@@ -244,6 +282,13 @@ def _experts_per_block(config: AdapterConfig, blocks: list[int]) -> dict[int, in
 def _parent_of(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     parent_name, _, child = name.rpartition(".")
     return (model.get_submodule(parent_name) if parent_name else model), child
+
+
+def _describe_base_model(info) -> str:
+    """``LlamaForCausalLM 'HuggingFaceTB/SmolLM2-135M-Instruct'`` from ``_base_model_info``'s record."""
+    if not isinstance(info, dict) or not info.get("class"):
+        return "a base model"
+    return info["class"] + (f" {info['name_or_path']!r}" if info.get("name_or_path") else "")
 
 
 def _base_model_info(model: nn.Module) -> dict:

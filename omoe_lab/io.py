@@ -30,8 +30,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8", newline="\n"))
 
 
-def writable_folder(folder: str | os.PathLike) -> Path:
-    """Create ``folder`` if needed and prove it takes a file, before any work that would write there."""
+def writable_folder(folder: str | os.PathLike, fix: str = "choose another --out") -> Path:
+    """Create ``folder`` if needed and prove it takes a file, before any work that would write there.
+
+    ``fix`` ends the error message: what the caller's user changes (a CLI flag, an argument).
+    """
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -39,7 +42,7 @@ def writable_folder(folder: str | os.PathLike) -> Path:
         probe.write_text("")
         probe.unlink()
     except OSError as error:
-        raise PermissionError(f"cannot write to output folder {folder}: {error}; choose another --out") from error
+        raise PermissionError(f"cannot write to output folder {folder}: {error}; {fix}") from error
     return folder
 
 

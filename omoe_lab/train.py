@@ -35,6 +35,7 @@ from torch import nn
 from .data.collate import encode_example, pad_encoded, pad_token_id
 from .data.example import Example
 from .inject import adapter_layers, load_adapters, router_aux_loss, save_adapters
+from .analysis.diversity import measure_diversity
 from .io import atomic_write_text, writable_folder
 from .models import set_seed
 from .prefix import FrozenPrefix, first_adapted_block, supports_prefix_cache
@@ -56,10 +57,12 @@ class TrainConfig:
     target: str = "label"
     seed: int = 0
     routing_every: int = 10
+    diversity_every: int | None = None
     checkpoint_every: int | None = None
     prefix_cache: bool = True
     prefix_cache_dtype: str = "float16"
     mixed_precision: str = "auto"
+    prompt_style: str = "listed"
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "grad_accum", "max_length"):
@@ -69,6 +72,8 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.diversity_every is not None and self.diversity_every < 1:
+            raise ValueError(f"diversity_every must be >= 1 (measure every that many steps) or None, got {self.diversity_every}")
         if self.target not in ("label", "option"):
             raise ValueError(f"target must be 'label' (train on the answer's label word) or 'option' (its text), got {self.target!r}")
         if self.prefix_cache_dtype not in ("float16", "bfloat16", "float32"):
@@ -84,6 +89,7 @@ class TrainConfig:
 class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     routing: list[dict[str, Any]] = field(default_factory=list)
+    diversity: list[dict[str, Any]] = field(default_factory=list)
     steps: int = 0
     seconds: float = 0.0
     interrupted: bool = False
@@ -102,6 +108,7 @@ def train(
     progress: bool = True,
     stop_after: int | None = None,
     prefix: FrozenPrefix | None = None,
+    diversity_probe: Sequence[dict] | None = None,
 ) -> TrainResult:
     """Train ``model``'s adapters on ``examples`` (loss on answer tokens only) and return the history.
 
@@ -109,6 +116,11 @@ def train(
     writing a checkpoint when ``out_dir`` is set; ``resume_from`` (a run folder or checkpoint)
     continues it. Pass a ``FrozenPrefix`` to share one frozen-prefix cache between runs that
     train different adapters on the same model; by default the run makes its own when it can.
+
+    ``diversity_probe`` (batches of held-out prompts, as ``capture_experts`` takes them) with
+    ``config.diversity_every = K``: the raw experts' diversity is measured on it before the first
+    step, every K steps and after the last, and kept in ``TrainResult.diversity``. It runs in eval
+    mode without touching the random state, so training takes the same steps with or without it.
     """
     from accelerate import Accelerator
     from tqdm.auto import tqdm
@@ -130,7 +142,7 @@ def train(
             f"batch_size={config.batch_size} must be a multiple of processes × grad_accum = "
             f"{world} × {config.grad_accum}"
         )
-    features = [encode_example(tokenizer, ex, config.max_length, target=config.target) for ex in examples]
+    features = [encode_example(tokenizer, ex, config.max_length, target=config.target, prompt_style=config.prompt_style) for ex in examples]
     fingerprint = run_fingerprint(model, config, features)
     resume_state = _read_checkpoint(resume_from, fingerprint) if resume_from else None
 
@@ -155,13 +167,25 @@ def train(
         _set_rng_state(resume_state["rng"])
         step = resume_state["step"]
         result.history, result.routing = resume_state["history"], resume_state["routing"]
+        result.diversity = resume_state.get("diversity", [])
 
     stop_at = config.steps if stop_after is None else min(config.steps, step + stop_after)
     bar = tqdm(total=config.steps, initial=step, desc="train", disable=not (progress and accelerator.is_main_process), dynamic_ncols=True)
     train_model.train()
     started = time.perf_counter()
+    measure_every = config.diversity_every if diversity_probe else None
+
+    def measure_diversity_at(at_step: int) -> None:
+        if measure_every and not any(row["step"] == at_step for row in result.diversity):
+            measured = measure_diversity(model, diversity_probe, seed=config.seed)
+            train_model.train()
+            if measured:  # empty while every expert is still zero (MoE-LoRA starts with B = 0)
+                result.diversity.append({"step": at_step, **measured})
+
     with prefix.active() if prefix else _nothing(), _deferred_interrupt() as interrupted:
         while step < stop_at and not interrupted():
+            if measure_every and step % measure_every == 0:
+                measure_diversity_at(step)
             tick = time.perf_counter()
             batch_ids = _global_batch(len(features), config.batch_size, step, config.seed)
             mine = batch_ids[accelerator.process_index * per_micro * config.grad_accum :][: per_micro * config.grad_accum]
@@ -206,6 +230,8 @@ def train(
             if out_dir is not None and config.checkpoint_every and step % config.checkpoint_every == 0:
                 _write_checkpoint(accelerator, model, optimizer, scheduler, step, result, fingerprint, out_dir)
         result.interrupted = step < config.steps
+        if step == config.steps:
+            measure_diversity_at(step)
         if out_dir is not None and (result.interrupted or step == config.steps):
             _write_checkpoint(accelerator, model, optimizer, scheduler, step, result, fingerprint, out_dir)
         user_interrupt = interrupted()
@@ -331,36 +357,87 @@ def run_fingerprint(model: nn.Module, config: TrainConfig, features: Sequence[di
 
 
 def _write_checkpoint(accelerator, model, optimizer, scheduler, step, result, fingerprint, out_dir: Path) -> None:
-    """Write ``checkpoint-<step>/`` under a temporary name, rename it, then point ``latest`` at it."""
+    """Write ``checkpoint-<step>/`` under a temporary name, rename it, then point ``latest`` at it.
+
+    Crash-safe at every point, a SIGKILL included: the folder ``latest`` names is deleted only once
+    ``latest`` names another, so it names a complete checkpoint at every instant but one. When a
+    step is rewritten, ``latest`` names the staging folder while the old ``checkpoint-<step>`` is
+    replaced, and for the instant between that folder's rename and the next write of ``latest`` it
+    names nothing; ``_read_checkpoint`` then takes the newest complete ``checkpoint-<step>``, the one
+    just renamed. What a killed write left behind is removed by the next write.
+    """
+    from .io import atomic_write
+
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / f"checkpoint-{step}"
-    staging = out_dir / f".checkpoint-{step}.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
+    # A fresh name per write: a killed write's leftover may be what ``latest`` names (see below).
+    staging = out_dir / f".checkpoint-{step}.{time.time_ns()}.tmp"
     save_adapters(model, staging)
     state = {
         "step": step, "fingerprint": fingerprint, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "rng": _get_rng_state(), "history": result.history, "routing": result.routing,
+        "rng": _get_rng_state(), "history": result.history, "routing": result.routing, "diversity": result.diversity,
     }
-    torch.save(state, staging / "trainer_state.pt")
-    shutil.rmtree(final, ignore_errors=True)
+    # written last and atomically: a folder holding trainer_state.pt holds the whole checkpoint
+    atomic_write(staging / "trainer_state.pt", lambda tmp: torch.save(state, tmp))
+    if final.exists():
+        # Rewriting a step (a run's last step, a resumed finished run): ``latest`` may name ``final``,
+        # so it names the complete staging copy while ``final`` is replaced.
+        atomic_write_text(out_dir / "latest", staging.name + "\n")
+        shutil.rmtree(final)
     staging.rename(final)
     atomic_write_text(out_dir / "latest", final.name + "\n")
-    for old in out_dir.glob("checkpoint-*"):
-        if old != final:
-            shutil.rmtree(old, ignore_errors=True)
+    for entry in out_dir.iterdir():  # older checkpoints and what killed writes left behind
+        name = entry.name
+        older = name.startswith("checkpoint-") and name[len("checkpoint-"):].isdigit() and entry != final
+        leftover = (name.startswith(".checkpoint-") or name.startswith(".latest.")) and name.endswith(".tmp")
+        if (older or leftover) and entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        elif leftover:
+            entry.unlink(missing_ok=True)
 
 
 def _read_checkpoint(path: str | Path, fingerprint: str) -> dict:
+    """The trainer state of a checkpoint folder, or of the checkpoint a run folder's ``latest`` names.
+
+    When ``latest`` is absent or names a missing or incomplete folder (a crash while checkpoints
+    were written), the newest complete ``checkpoint-<step>`` of the run folder is used; temporary
+    ``.checkpoint-*.tmp`` folders are never picked up by that search.
+    """
+    import pickle
+    import warnings
+
+    from .inject import CONFIG_NAME, WEIGHTS_NAME
+
+    def complete(folder: Path) -> bool:  # deleting an old checkpoint, killed midway, can leave any subset
+        return all((folder / name).is_file() for name in ("trainer_state.pt", CONFIG_NAME, WEIGHTS_NAME))
+
     path = Path(path)
-    if (path / "latest").is_file():
-        path = path / (path / "latest").read_text().strip()
+    if not complete(path):  # a run folder
+        latest = path / "latest"
+        named = latest.read_text().strip() if latest.is_file() else ""
+        if named and complete(path / named):
+            path = path / named
+        else:
+            steps = [int(p.name[len("checkpoint-"):]) for p in path.glob("checkpoint-*") if p.name[len("checkpoint-"):].isdigit()]
+            found = [path / f"checkpoint-{s}" for s in sorted(steps, reverse=True) if complete(path / f"checkpoint-{s}")]
+            if not found:
+                raise FileNotFoundError(
+                    f"no complete checkpoint at {path}: expected a run folder with 'latest' or a checkpoint-<step> folder; "
+                    "pass the out_dir of the run to resume, or leave resume_from out to start afresh"
+                )
+            if named:
+                warnings.warn(f"{latest} names {named!r}, which is missing or incomplete (a crash while checkpoints were "
+                              f"written); resuming from {found[0].name}, the newest complete checkpoint", stacklevel=3)
+            path = found[0]
     state_file = path / "trainer_state.pt"
-    if not state_file.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}: expected a run folder with 'latest' or a checkpoint-<step> folder")
-    state = torch.load(state_file, weights_only=False)
+    try:
+        state = torch.load(state_file, weights_only=False)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
+        raise ValueError(f"{state_file} cannot be read ({error}); delete {path} to resume from an older checkpoint, "
+                         "or leave resume_from out to start afresh") from error
     if state["fingerprint"] != fingerprint:
         raise ValueError(
             f"{path} belongs to another run (settings, adapters, base model, tokenizer or data differ: fingerprint {state['fingerprint']} "

@@ -71,3 +71,18 @@ def test_demo_writes_the_report_and_prints_each_method_against_zero_shot(capsys,
     for label, test in metrics["paired_vs_zero_shot"].items():
         assert f"vs zero-shot: +{test['gained']} -{test['lost']} questions, McNemar p" in printed.split(label)[1].splitlines()[0]
     assert main(argv) == 0 and capsys.readouterr().out.count("[cached]") == 3  # the second time replays every run
+
+
+
+def test_eval_scores_a_benchmark_the_registry_does_not_know(capsys, tmp_path):
+    records = [{"instruction": f"Please choose the correct answer to the question: {q}?\n\nAnswer1: {a}\n\nAnswer2: {b}"
+                               "\n\nAnswer3: none\n\nAnswer format: answer1/answer2/answer3",
+                "input": "", "output": "the correct answer is answer1", "answer": "answer1"}
+               for q, a, b in [("Which is hot", "fire", "ice"), ("Which is wet", "rain", "sand")]]
+    (tmp_path / "my_bench").mkdir()
+    (tmp_path / "my_bench" / "test.json").write_text(json.dumps(records), encoding="utf-8")
+    assert main(["eval", "--model", "tiny", "--tasks", "my_bench", "--data-dir", str(tmp_path), "--json"]) == 0
+    out = capsys.readouterr().out
+    scored = json.loads(out[out.index("{"):])
+    assert scored["n"] == 2 and set(scored["per_task"]) == {"my_bench"}
+    assert scored["chance"]["my_bench"] == pytest.approx(1 / 3)

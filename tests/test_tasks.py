@@ -368,3 +368,85 @@ def test_mixing_with_per_task_caps_and_bad_names(tmp_path):
         load_tasks(["piqa"], "train", data_dir=tmp_path, limit_per_task={"boolq": 1})
     with pytest.raises(ValueError, match="unknown task 'nope'"):
         load_tasks(["piqa", "nope"], "train", data_dir=tmp_path)
+
+
+# ----------------------------------------------------------------------------- a benchmark of one's own
+def own_task_records(layout_of: str, count: int = 3) -> list[dict]:
+    """Records in the layout of a registered task, ``count`` distinct ones (written by the writer)."""
+    sample = SAMPLES[layout_of]
+    return [to_llm_adapters_record(Example(layout_of, f"{sample.question} #{i}", sample.options, (sample.label + i) % len(sample.options)))
+            for i in range(count)]
+
+
+@pytest.mark.parametrize("layout_of", ["boolq", "piqa", "social_i_qa", "hellaswag", "winogrande", "ARC-Easy"])
+def test_a_folder_task_the_registry_does_not_know_loads_in_every_layout(tmp_path, layout_of):
+    records = own_task_records(layout_of)
+    write_json(tmp_path / "my_bench" / "train.json", records)
+    examples = load_task("my_bench", "train", data_dir=tmp_path)
+    sample = SAMPLES[layout_of]
+    assert [(e.task, e.question, e.options, e.label) for e in examples] == [
+        ("my_bench", f"{sample.question} #{i}", sample.options, (sample.label + i) % len(sample.options)) for i in range(3)]
+    assert examples[0].record == records[0]
+
+
+def test_an_own_task_with_its_own_lead_in_and_option_count_mixes_with_registered_ones(tmp_path):
+    record = {"instruction": "Read the riddle and pick one: What has keys but no locks?\n\nAnswer1: a piano\n\nAnswer2: a door"
+                             "\n\nAnswer3: a map\n\nAnswer4: a car\n\nAnswer5: a tree\n\nAnswer6: a song\n\n"
+                             "Answer format: answer1/answer2/answer3/answer4/answer5/answer6",
+              "input": "", "output": "the correct answer is answer1", "answer": "answer1"}
+    write_json(tmp_path / "riddles" / "test.json", [record])
+    write_suite(tmp_path, 2, "test")
+    (riddle,) = load_task("riddles", data_dir=tmp_path)
+    # the lead-in has no "Please", so it stays part of the question; six options are fine outside the registry
+    assert riddle.question == "Read the riddle and pick one: What has keys but no locks?"
+    assert riddle.options == ("a piano", "a door", "a map", "a car", "a tree", "a song") and riddle.label == 0
+    mixed = load_tasks(["riddles", "piqa"], "test", data_dir=tmp_path)
+    assert collections.Counter(e.task for e in mixed) == {"riddles": 1, "piqa": 2}
+
+
+@pytest.mark.parametrize("bad_record, reason", [
+    ({"instruction": "Which one? (a) yes (b) no", "answer": "answer1"}, r"found 0 'AnswerN:' option markers"),
+    ({"instruction": "Which one?\n\nAnswer1: yes\n\nAnswer2: no", "answer": "B"}, r"answer 'B' is none of true, false, answerN"),
+    ({"instruction": "Which one?\n\nAnswer1: yes\n\nAnswer2: no", "answer": "answer3"}, r"answer 'answer3' is outside the 2 options"),
+    ({"instruction": "Is it?", "answer": "true"}, r"answer 'true' is in the true/false layout, but record 0 is in the answerN"),
+])
+def test_an_own_task_that_cannot_be_parsed_names_the_record_and_how_to_register_it(tmp_path, bad_record, reason):
+    path = write_json(tmp_path / "my_bench" / "test.json", own_task_records("social_i_qa", 2) + [bad_record])
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: record 2: {reason}.*'my_bench' is not a registered task"
+                                         r".*register_task\(TaskSpec\('my_bench'"):
+        load_task("my_bench", data_dir=tmp_path)
+
+
+def test_an_unknown_task_without_a_folder_says_how_to_bring_one(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown task 'my_bench'.*my_bench/train.json, my_bench/test.json.*data_dir"):
+        load_task("my_bench", data_dir=tmp_path)
+    write_json(tmp_path / "my_bench" / "test.json", own_task_records("piqa"))
+    with pytest.raises(ValueError, match="unknown task 'my_bench'"):  # the Hub knows only registered tasks
+        load_task("my_bench", data_dir="hub")
+
+
+@pytest.fixture
+def registry():
+    """The task registry, restored after the test."""
+    from omoe_lab.data import tasks
+
+    saved = dict(tasks.TASKS)
+    yield tasks
+    tasks.TASKS.clear()
+    tasks.TASKS.update(saved)
+
+
+def test_a_registered_reader_loads_records_in_a_format_of_ones_own(tmp_path, registry):
+    spec = registry.register_task(registry.TaskSpec(
+        "quiz", layout="answer", num_options=3, parse_record=lambda r: (r["q"], r["choices"], "abc".index(r["gold"]))))
+    write_json(tmp_path / "quiz" / "test.json", [{"q": "2 + 2?", "choices": ["3", "4", "5"], "gold": "b"}, {"q": "?", "choices": ["x"], "gold": "a"}])
+    with pytest.raises(ValueError, match=r"record 1: .*reader registered for quiz failed.*at least 2 options"):
+        load_task("quiz", data_dir=tmp_path)
+    write_json(tmp_path / "quiz" / "test.json", [{"q": "2 + 2?", "choices": ["3", "4", "5"], "gold": "b"}])
+    (example,) = load_task("quiz", data_dir=tmp_path)
+    assert (example.task, example.question, example.options, example.label) == ("quiz", "2 + 2?", ("3", "4", "5"), 1)
+    assert registry.register_task(spec) is spec  # the same spec again is fine
+    with pytest.raises(ValueError, match="'piqa' is already registered; choose another name"):
+        registry.register_task(registry.TaskSpec("piqa", layout="answer", num_options=2))
+    with pytest.raises(ValueError, match="'quiz' has no Hugging Face Hub source; load it from a folder"):
+        load_task("quiz", data_dir="hub")

@@ -93,6 +93,13 @@ class LoRALinear(nn.Module):
         return self.scaling * torch.einsum("...er,eor->...o", a, self.lora_B)
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        # shape and dtype are Python-level facts: checking them costs no host synchronization
+        if not x.is_floating_point():
+            raise TypeError(f"{type(self).__name__} takes floating-point hidden states, got {x.dtype}: pass the embeddings "
+                            "or a block's activations, not token ids")
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"{type(self).__name__}: the input's last dimension is {x.shape[-1]}, but this layer takes "
+                             f"{self.in_features} features; pass [..., {self.in_features}] activations")
         result = self.base_layer(x, *args, **kwargs)
         return result + self.adapter_output(x).to(result.dtype)
 

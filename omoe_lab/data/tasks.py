@@ -9,6 +9,11 @@ An LLM-Adapters record is ``{"instruction", "input": "", "output": "the correct 
 "answer": X}``; the instruction holds a lead-in, the question, the options behind capitalised
 markers (``Answer1:``, ``Solution1:``, ``Option1:``, ``Ending1:``) and a closing
 ``Answer format: answer1/answer2/...`` line. BoolQ records carry only the question.
+
+A folder task the registry does not know (``<data_dir>/<name>/<split>.json``) loads too: its
+layout is read off each record's answer word (``answer2``, ``solution1``, ``true``...), so a user's
+own benchmark in that format needs no code. A benchmark in another format registers a reader:
+``register_task(TaskSpec(name, layout, num_options, parse_record=...))``.
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ import json
 import os
 import random
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,10 +59,13 @@ class TaskSpec:
     name: str
     layout: str  # "boolean" or the marker word: "answer", "solution", "option", "ending"
     num_options: int  # the usual count, which sets chance accuracy
-    lead_in: str
-    option_separator: str  # between options in the instruction: "\n\n" or, in ARC/OBQA files, " "
-    hub: HubSource
+    lead_in: str = ""
+    option_separator: str = "\n\n"  # between options in the instruction: "\n\n" or, in ARC/OBQA files, " "
+    hub: HubSource | None = None  # None: the task loads from a data folder only
     option_counts: tuple[int, ...] = field(default=())  # every count allowed; ARC has 3..5
+    # A reader for records in a format of the user's own: record -> (question, options, label).
+    # None: the LLM-Adapters instruction/answer layout above.
+    parse_record: Callable[[Mapping[str, Any]], tuple[str, Sequence[str], int]] | None = field(default=None, compare=False)
 
     def __post_init__(self):
         if self.layout not in LAYOUTS:
@@ -140,24 +148,61 @@ TASK_NAMES = tuple(TASKS)
 _LEAD_INS = sorted({spec.lead_in for spec in TASKS.values()}, key=len, reverse=True)
 
 
+REGISTER_HINT = (
+    "or register the task with a reader for its records: omoe_lab.data.tasks.register_task(TaskSpec({name!r}, "
+    "layout='answer', num_options=4, parse_record=lambda record: (question, options, label)))"
+)
+
+
 def get_task(name: str) -> TaskSpec:
     try:
         return TASKS[name]
     except KeyError:
-        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASK_NAMES)}") from None
+        raise ValueError(
+            f"unknown task {name!r}; known tasks: {', '.join(TASKS)}. A benchmark of your own loads from a folder in "
+            f"LLM-Adapters layout ({name}/train.json, {name}/test.json; pass the folder as data_dir, CLI --data-dir), "
+            + REGISTER_HINT.format(name=name)
+        ) from None
+
+
+def register_task(spec: TaskSpec) -> TaskSpec:
+    """Add a task to the registry, so ``load_task(spec.name)`` reads it with ``spec``'s layout or reader.
+
+    Needed only for records that are not in the LLM-Adapters layout (a folder task in that layout
+    loads without registering); a name already taken by another spec is refused.
+    """
+    if not isinstance(spec, TaskSpec):
+        raise TypeError(f"register_task takes a TaskSpec, got {type(spec).__name__}")
+    if spec.name in TASKS and TASKS[spec.name] != spec:
+        raise ValueError(f"a task named {spec.name!r} is already registered; choose another name")
+    TASKS[spec.name] = spec
+    return spec
+
+
+def check_task(name: str, data_dir: str | os.PathLike | None = None) -> None:
+    """Fail early, before any model is loaded, for a task that is neither registered nor a folder
+    of ``data_dir`` (``None``: the built-in suite)."""
+    if name in TASKS:
+        return
+    if isinstance(data_dir, str) and data_dir == "hub":
+        get_task(name)  # the Hub loader knows only registered tasks
+    folder = Path(data_dir) if data_dir is not None else builtin_data_dir()
+    if not (folder / name).is_dir():
+        get_task(name)
 
 
 # ----------------------------------------------------------------------------- reading records
-def parse_instruction(instruction: str, layout: str) -> tuple[str, tuple[str, ...]]:
+def parse_instruction(instruction: str, layout: str, lead_in: str = "") -> tuple[str, tuple[str, ...]]:
     """Split an LLM-Adapters instruction into (question without lead-in, options).
 
     Markers ``Layout1:``, ``Layout2:``, ... are matched capitalised and in order, so option text
     may mention "answer" freely; the ``Answer format`` line, when present, fixes their count.
+    ``lead_in`` is stripped first when the instruction starts with it, else any known lead-in.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}, expected one of {LAYOUTS}")
     body, format_labels = _split_format_line(instruction)
-    body = _strip_lead_in(body)
+    body = body[len(lead_in):] if lead_in and body.startswith(lead_in) else _strip_lead_in(body)
     if layout == BOOLEAN:
         if format_labels is not None and [w.lower() for w in format_labels] != list(BOOLEAN_OPTIONS):
             raise ValueError(f"answer format {'/'.join(format_labels)!r} is not true/false")
@@ -201,8 +246,58 @@ def parse_answer(answer: str, layout: str, num_options: int) -> int:
 
 
 def parse_llm_adapters_record(record: Mapping[str, Any], task: str) -> Example:
-    """One LLM-Adapters record of ``task`` as an Example (the record is kept for provenance)."""
+    """One record of the registered ``task`` as an Example (the record is kept for provenance)."""
     spec = get_task(task)
+    if spec.parse_record is not None:
+        if not isinstance(record, Mapping):
+            raise ValueError(f"record is a {type(record).__name__}, not a JSON object")
+        return _example_from_reader(spec, record)
+    return _parse_layout_record(record, spec)
+
+
+def _parse_layout_record(record: Mapping[str, Any], spec: TaskSpec) -> Example:
+    _check_fields(record)
+    question, options = parse_instruction(record["instruction"], spec.layout, spec.lead_in)
+    if len(options) not in spec.option_counts:
+        raise ValueError(f"{len(options)} options, but {spec.name} has {' or '.join(map(str, spec.option_counts))}")
+    label = parse_answer(record["answer"], spec.layout, len(options))
+    return Example(spec.name, question, options, label, dict(record))
+
+
+def _example_from_reader(spec: TaskSpec, record: Mapping[str, Any]) -> Example:
+    try:
+        question, options, label = spec.parse_record(record)
+        return Example(spec.name, str(question).strip(), tuple(str(o).strip() for o in options), int(label), dict(record))
+    except (KeyError, IndexError, TypeError, ValueError) as err:
+        raise ValueError(f"the reader registered for {spec.name} failed: {type(err).__name__}: {err}") from err
+
+
+def infer_layout(record: Mapping[str, Any]) -> str:
+    """The layout of a record of a task the registry does not know, from its answer word:
+    ``"true"``/``"false"`` is boolean, ``"solution2"`` the solution layout, and so on."""
+    _check_fields(record)
+    word = record["answer"].strip().lower()
+    if word in BOOLEAN_OPTIONS:
+        return BOOLEAN
+    match = re.fullmatch(rf"({'|'.join(MARKER_WORDS)})\d+", word)
+    if match is None:
+        raise ValueError(
+            f"answer {record['answer']!r} is none of true, false, answerN, solutionN, optionN, endingN, so the "
+            "layout of the record cannot be told"
+        )
+    return match.group(1)
+
+
+def parse_unregistered_record(record: Mapping[str, Any], task: str, layout: str | None = None) -> Example:
+    """One LLM-Adapters record of a task outside the registry, in ``layout`` (default: inferred)."""
+    _check_fields(record)
+    layout = layout or infer_layout(record)
+    question, options = parse_instruction(record["instruction"], layout)
+    label = parse_answer(record["answer"], layout, len(options))
+    return Example(task, question, options, label, dict(record))
+
+
+def _check_fields(record: Any) -> None:
     if not isinstance(record, Mapping):
         raise ValueError(f"record is a {type(record).__name__}, not a JSON object")
     for name in REQUIRED_FIELDS:
@@ -210,11 +305,6 @@ def parse_llm_adapters_record(record: Mapping[str, Any], task: str) -> Example:
             raise ValueError(f"missing field {name!r} (has {sorted(record)})")
         if not isinstance(record[name], str):
             raise ValueError(f"field {name!r} is a {type(record[name]).__name__}, not a string")
-    question, options = parse_instruction(record["instruction"], spec.layout)
-    if len(options) not in spec.option_counts:
-        raise ValueError(f"{len(options)} options, but {task} has {' or '.join(map(str, spec.option_counts))}")
-    label = parse_answer(record["answer"], spec.layout, len(options))
-    return Example(task, question, options, label, dict(record))
 
 
 def _split_format_line(instruction: str) -> tuple[str, list[str] | None]:
@@ -260,7 +350,7 @@ def to_llm_adapters_record(example: Example, spec: TaskSpec | None = None) -> di
         "answer": answer,
     }
     # Refuse to write what cannot be read back (stray whitespace, an option holding a marker, ...).
-    parsed = parse_llm_adapters_record(record, spec.name)
+    parsed = _parse_layout_record(record, spec)
     if (parsed.question, parsed.options, parsed.label) != (example.question, example.options, example.label):
         raise ValueError(f"{example.task}: example does not survive a write/read round trip: {example}")
     return record
@@ -273,30 +363,58 @@ def builtin_data_dir() -> Path:
 
 
 def read_llm_adapters_file(path: str | os.PathLike, task: str) -> list[Example]:
-    """Every record of one ``<task>/<split>.json`` file; errors name the file and record index."""
+    """Every record of one ``<task>/<split>.json`` file; errors name the file and record index.
+
+    A ``task`` outside the registry is read in the layout its records' answer words name, the
+    same for every record of the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; {EXPECTED_LAYOUT}")
     try:
         records = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: not valid JSON ({err}); {EXPECTED_LAYOUT}") from err
     if not isinstance(records, list):
         raise ValueError(f"{path}: top level is a {type(records).__name__}, not a list; {EXPECTED_LAYOUT}")
     if not records:
-        raise ValueError(f"{path}: no records")
-    examples = []
+        raise ValueError(f"{path}: no records; put at least one record in it, or leave {task!r} out of the tasks")
+    registered = task in TASKS
+    examples, first_layout = [], None
     for index, record in enumerate(records):
         try:
-            examples.append(parse_llm_adapters_record(record, task))
+            if registered:
+                examples.append(parse_llm_adapters_record(record, task))
+                continue
+            layout = infer_layout(record)
+            if first_layout is not None and layout != first_layout[1]:
+                raise ValueError(
+                    f"answer {record['answer']!r} is in the {_layout_name(layout)} layout, but record "
+                    f"{first_layout[0]} is in the {_layout_name(first_layout[1])} layout; one task has one layout"
+                )
+            first_layout = first_layout or (index, layout)
+            examples.append(parse_unregistered_record(record, task, layout))
         except ValueError as err:
-            raise ValueError(f"{path}: record {index}: {err}") from err
+            if registered:
+                raise ValueError(f"{path}: record {index}: {err}; fix or remove that record") from err
+            raise ValueError(
+                f"{path}: record {index}: {err}. {task!r} is not a registered task, so its records must be in "
+                "LLM-Adapters layout: options behind Answer1:/Solution1:/Option1:/Ending1: markers (or a true/false "
+                "question) and an answer word such as answer2, solution1 or true. Fix that record, "
+                + REGISTER_HINT.format(name=task)
+            ) from err
     return examples
+
+
+def _layout_name(layout: str) -> str:
+    return "true/false" if layout == BOOLEAN else f"{layout}N"
 
 
 def load_hub_task(name: str, split: str = "test") -> list[Example]:
     """The original benchmark from the Hugging Face Hub (needs ``datasets`` and network access)."""
     spec = get_task(name)
+    if spec.hub is None:
+        raise ValueError(f"task {name!r} has no Hugging Face Hub source; load it from a folder: data_dir=<folder with {name}/{split}.json>")
     hub, hub_split = spec.hub, spec.hub.splits.get(split, split)
     where = f"{hub.path}" + (f" ({hub.config})" if hub.config else "") + f" split {hub_split!r}"
     try:
@@ -325,8 +443,11 @@ def load_hub_task(name: str, split: str = "test") -> list[Example]:
 
 def load_task(name: str, split: str = "test", data_dir: str | os.PathLike | None = None,
               limit: int | None = None) -> list[Example]:
-    """Examples of one task: built-in suite (``None``), a folder, or ``"hub"``; ``limit`` keeps the first N."""
-    get_task(name)
+    """Examples of one task: built-in suite (``None``), a folder, or ``"hub"``; ``limit`` keeps the first N.
+
+    ``name`` is a registered task, or any folder of ``data_dir`` in LLM-Adapters layout.
+    """
+    check_task(name, data_dir)
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive number of examples or None, got {limit}")
     if isinstance(data_dir, str) and data_dir == "hub":
@@ -347,7 +468,7 @@ def load_tasks(names: str | Iterable[str], split: str, data_dir: str | os.PathLi
     (one number, or a number per task name), then shuffled with ``random.Random(seed)``."""
     names = [names] if isinstance(names, str) else list(names)
     if not names:
-        raise ValueError(f"no task names given; known tasks: {', '.join(TASK_NAMES)}")
+        raise ValueError(f"no task names given; name at least one, e.g. of the known tasks: {', '.join(TASKS)}")
     if len(set(names)) != len(names):
         raise ValueError(f"task names repeat: {names}")
     caps = limit_per_task if isinstance(limit_per_task, Mapping) else dict.fromkeys(names, limit_per_task)

@@ -278,10 +278,9 @@ def run(
             # whole (prompt + option) sequences replay the frozen blocks from the prefix cache
             full_sequences = prefix is not None and resolved.protocol == "loglik"
             if resolved.method == "none" and resolved.protocol == "loglik":
-                ways = {}
-                for style in PROMPT_STYLES:  # whole sequences (the prefix cache's) only where fine-tuned runs will score
-                    ways |= score_all_ways(model, tokenizer, test, styles=(style,), batch_size=16, progress=progress,
-                                           full_sequences=full_sequences and style == resolved.prompt_style)
+                # whole sequences (what the prefix cache keeps) only in the style fine-tuned runs score
+                ways = score_all_ways(model, tokenizer, test, batch_size=16, progress=progress,
+                                      full_sequences=[resolved.prompt_style] if full_sequences else False)
                 scored = ways[f"{resolved.prompt_style}/mean"]
                 majority = majority_baseline(load_tasks(list(resolved.tasks), "train", resolved.data_dir, shuffle=False), test)
                 result.metrics["baselines"] = {name: _scores(way) for name, way in {**ways, "majority": majority}.items()}

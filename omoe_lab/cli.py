@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(demo)
     demo.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds per method (several give intervals over seeds)")
     demo.add_argument("--methods", nargs="+", default=["lora", "moe", "omoe"], choices=["lora", "moe", "omoe"], help=METHOD_HELP)
+    demo.add_argument("--no-control", action="store_true",
+                      help="leave out the random-start control (MoE-LoRA started from OMoE's random B), run when moe and omoe are")
     demo.set_defaults(handler=_demo)
 
     train = sub.add_parser("train", help="train and evaluate one configuration; saves its adapters",
@@ -207,20 +209,33 @@ def _common(args) -> dict:
 
 
 def _demo(args) -> int:
-    from .experiments import compare
-    from .report import environment_info, format_p_value, paired_with_zero_shot, write_report
+    from .adapters.config import DEFAULT_B_INIT_STD
+    from .analysis.stats import paired_test
+    from .experiments import RunConfig, best_baselines, run_all
+    from .report import environment_info, format_p_value, write_report
 
     common = _common(args)
     out = _out_dir(args, "demo")
-    table, results = compare(args.methods, [args.num_experts], args.seeds, cache_dir=args.cache_dir, progress=not args.no_progress, **common)
+    configs = [RunConfig(method="none", **common)]
+    configs += [RunConfig(method=m, num_experts=args.num_experts, seed=s, **common) for m in args.methods for s in args.seeds]
+    if {"moe", "omoe"} <= set(args.methods) and not args.no_control:  # is OMoE's diversity just its random start?
+        configs += [RunConfig(method="moe", num_experts=args.num_experts, seed=s, b_init_std=DEFAULT_B_INIT_STD["omoe"], **common)
+                    for s in args.seeds]
+    results = run_all(configs, cache_dir=args.cache_dir, progress=not args.no_progress)
     report = write_report(results, out, title="omoe_lab demo: LoRA vs MoE-LoRA vs OMoE", environment=environment_info())
-    paired = paired_with_zero_shot(results)
+    zero = results[0]
+    baselines = best_baselines(zero) if "baselines" in zero.metrics else None
     width = max(len(r.label) for r in results)
     for r in results:
-        test = paired.get(r.label)
-        versus = f"  vs zero-shot: +{test['gained']} -{test['lost']} questions, McNemar {format_p_value(test['p'])}" if test else ""
-        print(f"{r.label:{width}s}  accuracy {r.metrics['accuracy']:.3f} ({r.metrics['protocol']}, n={r.metrics['n']})"
-              f"{'  [cached]' if r.from_cache else f'  {r.seconds:4.0f} s'}{versus}")
+        versus = ""
+        if baselines and r is not zero:
+            test = paired_test(baselines["best_per_task_correct"], r.metrics["correct"])
+            versus = f"  vs best baseline per task: +{test['gained']} -{test['lost']} questions, McNemar {format_p_value(test['p'])}"
+        print(f"{r.label:{width}s}  accuracy {r.metrics['accuracy']:.3f} ({r.metrics['protocol']}, {r.metrics['prompt_style']} prompt, "
+              f"n={r.metrics['n']}){'  [cached]' if r.from_cache else f'  {r.seconds:4.0f} s'}{versus}")
+    if baselines:
+        best = ", ".join(f"{task} {b['accuracy']:.3f} ({b['baseline']})" for task, b in baselines["best_per_task"].items())
+        print(f"best baseline per task (zero-shot prompt styles, PMI, majority answer): {best}")
     print(f"\nreport: {report}\nmetrics: {out / 'metrics.json'}")
     return 0
 

@@ -7,7 +7,7 @@ import pytest
 
 from omoe_lab.cli import build_parser, main
 
-COMMANDS = ["demo", "train", "eval", "compare", "fetch-model"]
+COMMANDS = ["demo", "train", "eval", "compare", "sweep", "fetch-model"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -59,19 +59,27 @@ def test_parser_defaults_are_sensible():
     assert args.methods == ["lora", "moe", "omoe"] and args.num_experts == 4 and args.seeds == [0]
 
 
-def test_demo_writes_the_report_and_prints_each_method_against_zero_shot(capsys, tmp_path):
+def test_demo_writes_the_report_and_prints_each_run_against_the_best_baseline(capsys, tmp_path):
+    from omoe_lab.analysis.stats import paired_test
+    from omoe_lab.experiments import best_baselines, run_all, RunConfig
+
     out = tmp_path / "demo"
-    argv = ["demo", "--model", "tiny", "--profile", "ci", "--tasks", "boolq", "piqa", "--steps", "2", "--methods", "lora", "omoe",
+    argv = ["demo", "--model", "tiny", "--profile", "ci", "--tasks", "boolq", "piqa", "--steps", "2", "--methods", "moe", "omoe",
             "--num-experts", "2", "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert {p.name for p in out.iterdir()} == {"report.html", "metrics.json"}
-    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
-    assert set(metrics["paired_vs_zero_shot"]) == {"LoRA r=8", "OMoE (stiefel) E=2 soft"}
-    for label, test in metrics["paired_vs_zero_shot"].items():
-        assert f"vs zero-shot: +{test['gained']} -{test['lost']} questions, McNemar p" in printed.split(label)[1].splitlines()[0]
-    assert main(argv) == 0 and capsys.readouterr().out.count("[cached]") == 3  # the second time replays every run
-
+    lines = {line.split("  accuracy")[0].strip(): line for line in printed.splitlines() if "  accuracy" in line}
+    control = "MoE-LoRA E=2 soft, B ~ N(0, 0.02²)"
+    assert set(lines) == {"zero-shot", "MoE-LoRA E=2 soft", "OMoE (stiefel) E=2 soft", control}  # the control is in the demo
+    assert all("cloze prompt" in line for line in lines.values())
+    common = dict(model="tiny", profile="ci", tasks=("boolq", "piqa"), steps=2)
+    zero, omoe = run_all([RunConfig(method="none", **common), RunConfig(method="omoe", num_experts=2, **common)],
+                         cache_dir=tmp_path / "cache", progress=False)
+    test = paired_test(best_baselines(zero)["best_per_task_correct"], omoe.metrics["correct"])
+    assert f"vs best baseline per task: +{test['gained']} -{test['lost']} questions" in lines["OMoE (stiefel) E=2 soft"]
+    assert "best baseline per task" in printed
+    assert main(argv) == 0 and capsys.readouterr().out.count("[cached]") == 4  # the second time replays every run
 
 
 def test_eval_scores_a_benchmark_the_registry_does_not_know(capsys, tmp_path):

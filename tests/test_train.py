@@ -175,3 +175,25 @@ def test_bad_runs_fail_before_any_work(tmp_path):
     blocked.write_text("")
     with pytest.raises(PermissionError, match="cannot write"):
         train(fresh_model(), tokenizer, toy_examples(), out_dir=blocked / "run", progress=False)
+
+
+def test_diversity_over_training_is_recorded_without_changing_the_run(tmp_path):
+    from omoe_lab.data.collate import encode_prompt, pad_rows
+
+    tokenizer, data = byte_tokenizer(), toy_examples()
+    ids, mask = pad_rows([encode_prompt(tokenizer, ex) for ex in data[:6]], 0)
+    probe = [{"input_ids": ids, "attention_mask": mask}]
+    config = TrainConfig(steps=5, batch_size=4, lr=5e-3, warmup_steps=1, diversity_every=2)
+    plain_model, probed_model = fresh_model(), fresh_model()
+    train(plain_model, tokenizer, data, config, progress=False)
+    probed = train(probed_model, tokenizer, data, config, diversity_probe=probe, progress=False)
+    for name, tensor in weights(plain_model).items():
+        assert torch.equal(weights(probed_model)[name], tensor), name  # eval mode, no random state touched
+    assert [row["step"] for row in probed.diversity] == [0, 2, 4, 5]
+    first = probed.diversity[0]
+    assert set(first) >= {"mean_abs_cosine", "mean_cka", "mean_cka_debiased", "effective_rank", "per_layer"}
+    assert len(first["per_layer"]) == 6 and 1.0 <= first["effective_rank"] <= 3.0  # 3 blocks × q, v; E = 3
+    # resumed: the same records as the uninterrupted run
+    train(fresh_model(), tokenizer, data, config, out_dir=tmp_path, stop_after=3, diversity_probe=probe, progress=False)
+    resumed = train(fresh_model(), tokenizer, data, config, out_dir=tmp_path, resume_from=tmp_path, diversity_probe=probe, progress=False)
+    assert resumed.diversity == probed.diversity

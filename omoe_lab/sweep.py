@@ -50,7 +50,7 @@ ARMS = {
     "omoe2": Arm("OMoE E=2 soft", {"method": "omoe", "num_experts": 2}),
     "omoe4": Arm("OMoE E=4 soft", {"method": "omoe", "num_experts": 4}),
     "omoe8top2": Arm("OMoE E=8 top-2", {"method": "omoe", "num_experts": 8, "top_k": 2}),
-    "control4": Arm("MoE-LoRA E=4 soft, random B (control)", {"method": "moe", "num_experts": 4, "b_init_std": 0.02}),
+    "control4": Arm("MoE-LoRA E=4 soft, B ~ N(0, 0.02²) (control)", {"method": "moe", "num_experts": 4, "b_init_std": 0.02}),
 }
 # (a, b): is b better than a? The paper's claim is the first four: few orthogonal experts vs many vanilla ones.
 COMPARISONS = (
@@ -178,12 +178,16 @@ def _arm_summary(key: str, runs: Sequence[RunResult], seeds: Sequence[int], base
 
 
 def _over_training(runs: Sequence[RunResult]) -> list[dict[str, Any]]:
-    """Each measure's mean over seeds at every recorded step (steps every seed recorded)."""
+    """Each measure's mean over seeds at every recorded step (steps every seed recorded), overall
+    and per layer."""
     steps = sorted(set.intersection(*({row["step"] for row in r.diversity} for r in runs))) if all(r.diversity for r in runs) else []
     rows = []
     for step in steps:
         at = [next(row for row in r.diversity if row["step"] == step) for r in runs]
-        rows.append({"step": step, **{m: sum(a[m] for a in at) / len(at) for m in MEASURES}})
+        layers = set.intersection(*(set(a["per_layer"]) for a in at))
+        per_layer = {name: {"block": at[0]["per_layer"][name]["block"],
+                            **{m: sum(a["per_layer"][name][m] for a in at) / len(at) for m in MEASURES}} for name in sorted(layers)}
+        rows.append({"step": step, **{m: sum(a[m] for a in at) / len(at) for m in MEASURES}, "per_layer": per_layer})
     return rows
 
 

@@ -1,11 +1,17 @@
 """Plotly figures for the notebooks, the widgets and the HTML report: one look, stable colours.
 
-Every function takes plain data (a DataFrame or a matrix), returns a
+Every function takes plain data (a DataFrame or a matrix) or finished runs (``RunResult``, the
+runs of a ``metrics.json``, a sweep summary from ``results/``), returns a
 ``plotly.graph_objects.Figure`` and never shows it. Expert i has the same colour in every
 figure (``expert_color``), and so does each method (``METHOD_COLORS``), so a reader can match
-a t-SNE cloud to its bar in the routing plot without reading legends.
+a t-SNE cloud to its bar in the routing plot without reading legends. ``format_*`` print
+numbers the same way in the report's tables and the figures' hover text.
 """
 from __future__ import annotations
+
+import math
+import re
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -22,15 +28,28 @@ METHOD_COLORS = {"lora": "#7F7F7F", "moe": "#D55E00", "omoe": "#0072B2"}
 METHOD_NAMES = {"lora": "LoRA", "moe": "MoE-LoRA", "omoe": "OMoE"}
 # Tasks get colours from a palette distinct from the experts' so the two are never confused.
 TASK_COLORS = px.colors.qualitative.Set2 + px.colors.qualitative.Pastel1
+# Runs that are not a method's only label (E=2, E=4, the random-start control, ...): 30 distinct
+# hues without the methods' own, so a sweep's dozen lines never share a colour.
+SERIES_COLORS = tuple(
+    c for c in ("#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#F0E442", "#000000", *px.colors.qualitative.Dark24)
+    if c not in METHOD_COLORS.values()
+)
+# Past this many legend entries a vertical legend outgrows a report-sized figure: it goes under the plot.
+LEGEND_MAX_ENTRIES = 10
 
 TEMPLATE = go.layout.Template(pio.templates["plotly_white"])
 TEMPLATE.layout.update(
     font=dict(family="Inter, Helvetica, Arial, sans-serif", size=13, color="#222222"),
-    title=dict(x=0.02, xanchor="left", font=dict(size=16)),
+    # anchored to the top of the figure and pushing the margin, so a two-line title never runs
+    # into the plot's own titles (top axis labels, facet and subplot titles)
+    title=dict(x=0.02, xanchor="left", y=1, yref="container", yanchor="top", pad=dict(t=14, b=14),
+               automargin=True, font=dict(size=16)),
     colorway=list(EXPERT_COLORS),
-    legend=dict(title_font=dict(size=12)),
+    legend=dict(title_font=dict(size=12), groupclick="toggleitem"),
     margin=dict(l=70, r=30, t=70, b=60),
     hoverlabel=dict(font=dict(size=12)),
+    xaxis=dict(automargin=True, title=dict(standoff=12)),
+    yaxis=dict(automargin=True, title=dict(standoff=12)),
 )
 # CKA values live in [0, 1]: a sequential scale anchored at both ends.
 SIMILARITY_COLORSCALE = "Blues"
@@ -47,8 +66,54 @@ def expert_color(expert: int) -> str:
 
 
 def method_color(method: str, index: int = 0) -> str:
-    """The method's fixed colour; unknown methods borrow a task colour by their position."""
-    return METHOD_COLORS.get(method, TASK_COLORS[index % len(TASK_COLORS)])
+    """The method's fixed colour; other series (run labels) take ``SERIES_COLORS`` by position."""
+    return METHOD_COLORS.get(method, SERIES_COLORS[index % len(SERIES_COLORS)])
+
+
+def series_colors(names: Iterable[str]) -> dict[str, str]:
+    """A colour per series name in order: a method's key keeps its fixed colour, every other name
+    takes the next unused ``SERIES_COLORS`` hue (no two names share one below 30 names)."""
+    names = list(dict.fromkeys(names))
+    others = iter(SERIES_COLORS * (1 + len(names) // len(SERIES_COLORS)))
+    return {name: METHOD_COLORS[name] if name in METHOD_COLORS else next(others) for name in names}
+
+
+MISSING = "—"  # what a table or a hover shows for a value that was not measured
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, (float, np.floating)) and math.isnan(value)) or value is pd.NA
+
+
+def format_count(value) -> str:
+    """A whole number with thousands separators (``4``, ``12,345``; pandas' ``4.0`` too), ``—`` if missing."""
+    return MISSING if _missing(value) else f"{int(round(float(value))):,}"
+
+
+def format_fixed(value, digits: int = 3) -> str:
+    """``value`` with ``digits`` decimals, ``—`` if missing."""
+    return MISSING if _missing(value) else f"{float(value):.{digits}f}"
+
+
+def format_percent(fraction, digits: int = 1) -> str:
+    """A fraction in percent without the sign (``0.625`` → ``62.5``), ``—`` if missing."""
+    return MISSING if _missing(fraction) else f"{100 * float(fraction):.{digits}f}"
+
+
+def format_value(value) -> str:
+    """Any setting or measured value as a table cell: missing as ``—``, whole numbers without a
+    decimal point (a count stored as ``4.0`` prints ``4``), lists comma-separated, others as ``str``."""
+    if isinstance(value, (list, tuple)):
+        return ", ".join(format_value(v) for v in value)
+    if _missing(value):
+        return MISSING
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    if isinstance(value, np.generic):
+        return str(value.item())
+    return str(value)
 
 
 def method_label(method: str) -> str:
@@ -73,7 +138,46 @@ def _finish(fig: go.Figure, title: str, legend_title: str | None = None) -> go.F
     fig.update_layout(template=TEMPLATE, title_text=title)
     if legend_title is not None:
         fig.update_layout(legend_title_text=legend_title)
+    _place_legend(fig)
     return fig
+
+
+def _legend_entries(fig: go.Figure) -> int:
+    # heatmaps (their colour bar is their legend) have no legend entry unless asked for one
+    return len({t.legendgroup or t.name for t in fig.data
+                if t.name and (t.showlegend or (t.showlegend is None and t.type != "heatmap"))})
+
+
+def _place_legend(fig: go.Figure) -> None:
+    """Many entries: a horizontal legend under the plot (it wraps, and the bottom margin grows to
+    fit it) instead of a column that runs off a report-sized figure."""
+    if _legend_entries(fig) > LEGEND_MAX_ENTRIES:
+        fig.update_layout(legend=dict(orientation="h", x=0, xanchor="left", y=0, yref="container", yanchor="bottom"))
+
+
+def _categorical_axis(values: list[str]) -> dict:
+    """Axis settings that list every category as its own tick: plotly's automatic ticks on a
+    category axis log ``ax.dtick error: Infinity`` when a heatmap replaces another in a widget."""
+    return dict(type="category", tickmode="array", tickvals=values, ticktext=values, categoryorder="array", categoryarray=values)
+
+
+def _whole_number_axis(values) -> dict:
+    """Ticks at the whole numbers present (steps, blocks, expert counts), never at 2.5."""
+    ticks = sorted({int(v) for v in values if not _missing(v)})
+    return dict(tickmode="array", tickvals=ticks, ticktext=[format_count(t) for t in ticks]) if len(ticks) <= 12 else dict(tickformat=",d")
+
+
+def _hover_ready(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Whole-number columns stored as floats (a missing value turns pandas ints into floats) as
+    text: ``17``, not ``17.0``, and ``—``, not ``NaN``."""
+    frame = frame.copy()
+    for column in columns:
+        values = frame[column]
+        if pd.api.types.is_float_dtype(values) and values.dropna().map(float.is_integer).all():
+            frame[column] = values.map(format_count)
+        elif values.isna().any():
+            frame[column] = values.map(lambda v: MISSING if _missing(v) else v)
+    return frame
 
 
 def _strip_facet_prefixes(fig: go.Figure) -> None:
@@ -108,6 +212,7 @@ def tsne_scatter(df: pd.DataFrame, facet_col: str | None = None, facet_row: str 
     frame["expert_label"] = frame["expert"].map(expert_label)
     experts = sorted(frame["expert"].unique())
     hover = [c for c in ("task", "token_text", "token", "layer", "method") if c in frame.columns]
+    frame = _hover_ready(frame, hover)
     projection = str(frame["projection"].iloc[0]) if "projection" in frame.columns else "tsne"
     x_title, y_title = _AXIS_TITLES.get(projection, ("dimension 1", "dimension 2"))
     fig = px.scatter(
@@ -144,8 +249,8 @@ def cka_heatmap(matrix, labels=None, title: str = "CKA between experts") -> go.F
         texttemplate="%{z:.2f}", hovertemplate="%{y} vs %{x}: %{z:.3f}<extra></extra>",
         colorbar=dict(title=dict(text="similarity")),
     ))
-    fig.update_yaxes(autorange="reversed", scaleanchor="x", constrain="domain")
-    fig.update_xaxes(constrain="domain", side="bottom")
+    fig.update_yaxes(autorange="reversed", scaleanchor="x", constrain="domain", **_categorical_axis(labels))
+    fig.update_xaxes(constrain="domain", side="bottom", **_categorical_axis(labels))
     return _finish(fig, title)
 
 
@@ -353,8 +458,281 @@ def stiefel_error_by_layer(df: pd.DataFrame, tol: float | None = None, title: st
             hovertemplate=f"{method_label(method)}<br>layer %{{x}}<br>error %{{customdata[0]:.3g}}<extra></extra>",
         ))
     if tol is not None:
-        fig.add_hline(y=tol, line=dict(color="#444444", dash="dash", width=1),
-                      annotation_text=f"tolerance {tol:.1e}", annotation_position="top left")
+        fig.add_hline(y=tol, line=dict(color="#444444", dash="dash", width=1))
+        # an annotation on a log axis takes log10 of the value as its y (add_hline's own label
+        # lands at 10^tol ≈ 1 instead of on the line)
+        fig.add_annotation(text=f"tolerance {tol:.1e}", x=0, xref="paper", xanchor="left", y=math.log10(tol), yref="y",
+                           yanchor="bottom", showarrow=False, font=dict(size=11, color="#444444"))
     fig.update_yaxes(type="log", title_text="max over tokens of ‖QᵀQ − I‖_F", exponentformat="power")
-    fig.update_xaxes(title_text="transformer block" if numeric_layers else "adapter layer")
+    fig.update_xaxes(title_text="transformer block" if numeric_layers else "adapter layer",
+                     **(_whole_number_axis(frame["layer"]) if numeric_layers else {}))
     return _finish(fig, title, "method")
+
+
+def layer_measure_bars(frame: pd.DataFrame, measures: list[tuple[str, str]], title: str, y_range=None) -> go.Figure:
+    """Grouped bars per adapted layer (block order), one colour per series, one panel per measure.
+
+    ``frame``: columns ``series`` (a method key, or a run label), ``layer``, ``block`` and each
+    measure column of ``measures`` (``(column, panel title)`` pairs); several rows of a series and
+    layer (seeds) are averaged.
+    """
+    from plotly.subplots import make_subplots
+
+    _require_columns(frame, ["series", "layer", "block", *(m for m, _ in measures)], "layer_measure_bars")
+    frame, order = _with_layer_labels(frame)
+    means = frame.groupby(["series", "layer_label"], sort=False)[[m for m, _ in measures]].mean().reset_index()
+    names = list(dict.fromkeys(means["series"]))
+    colors = series_colors(names)
+    fig = make_subplots(rows=len(measures), cols=1, shared_xaxes=True, vertical_spacing=0.14,
+                        subplot_titles=[name for _, name in measures])
+    for name in names:
+        rows = means[means["series"] == name]
+        for row, (measure, measure_name) in enumerate(measures, start=1):
+            fig.add_trace(go.Bar(
+                x=rows["layer_label"], y=rows[measure], name=method_label(name), legendgroup=name,
+                showlegend=row == 1, marker_color=colors[name],
+                hovertemplate=f"{method_label(name)}<br>%{{x}}<br>{measure_name}: %{{y:.3f}}<extra></extra>",
+            ), row=row, col=1)
+    fig.update_xaxes(**_categorical_axis(order))
+    fig.update_xaxes(title_text="adapted layer", row=len(measures), col=1)
+    if y_range is not None:
+        fig.update_yaxes(range=list(y_range))
+    fig.update_layout(barmode="group", height=280 * len(measures) + 140)
+    return _finish(fig, title, "method")
+
+
+# --- diversity over training and routing by task -------------------------------------------
+# the measures of analysis.diversity.MEASURES, as axis titles (lower = more diverse, except the rank)
+MEASURE_TITLES = {
+    "mean_abs_cosine": "mean |cosine| between experts",
+    "mean_cka": "mean linear CKA between experts",
+    "mean_cka_debiased": "mean debiased linear CKA between experts",
+    "effective_rank": "effective rank of the experts (of E)",
+}
+# cosine and CKA live in [0, 1]: a fixed axis lets frames and figures compare by height
+_UNIT_MEASURES = ("mean_abs_cosine", "mean_cka")
+MEAN_OVER_LAYERS = "mean over adapted layers"  # the one "layer" a sweep summary (means only) has
+
+
+def _field(item, name: str, default=None):
+    return item.get(name, default) if isinstance(item, Mapping) else getattr(item, name, default)
+
+
+def _recorded_runs(source) -> list[dict[str, Any]]:
+    """``(label, method, seed, diversity rows)`` of each run in ``source``: a list of ``RunResult``
+    (or their dicts), a ``metrics.json`` payload (``{"runs": [...]}``) or a sweep summary
+    (``{"arms": [...]}``, whose rows are already means over seeds)."""
+    if isinstance(source, Mapping) and "arms" in source:
+        return [{"label": arm["label"], "method": arm.get("config", {}).get("method"), "seed": None,
+                 "rows": arm.get("diversity_over_training") or []} for arm in source["arms"]]
+    if isinstance(source, Mapping) and "runs" in source:
+        source = source["runs"]
+    return [{"label": _field(r, "label"), "method": (_field(r, "config") or {}).get("method"),
+             "seed": (_field(r, "config") or {}).get("seed"), "rows": _field(r, "diversity") or []} for r in source]
+
+
+def diversity_frame(source, per_layer: bool = False) -> pd.DataFrame:
+    """Diversity over training as a tidy frame: one row per run, step (and layer with ``per_layer``).
+
+    Columns ``label``, ``method``, ``seed``, ``step`` (``layer``, ``block``) and the measures of
+    ``MEASURE_TITLES``. ``source``: see ``diversity_over_training``. A sweep summary keeps only the
+    means over layers: with ``per_layer`` it gives one row per step with ``layer`` =
+    ``MEAN_OVER_LAYERS`` (unless its rows carry ``per_layer``).
+    """
+    out = []
+    for run in _recorded_runs(source):
+        base = {"label": run["label"], "method": run["method"], "seed": run["seed"]}
+        for row in run["rows"]:
+            measures = {m: row.get(m) for m in MEASURE_TITLES}
+            if not per_layer:
+                out.append({**base, "step": row["step"], **measures})
+            elif row.get("per_layer"):
+                out += [{**base, "step": row["step"], "layer": name, "block": layer.get("block"),
+                         **{m: layer.get(m) for m in MEASURE_TITLES}} for name, layer in row["per_layer"].items()]
+            else:
+                out.append({**base, "step": row["step"], "layer": MEAN_OVER_LAYERS, "block": None, **measures})
+    columns = ["label", "method", "seed", "step", *(["layer", "block"] if per_layer else []), *MEASURE_TITLES]
+    return pd.DataFrame(out, columns=columns)
+
+
+def _check_measure(measure: str, figure: str) -> None:
+    if measure not in MEASURE_TITLES:
+        raise ValueError(f"{figure}: unknown measure {measure!r}; choose one of {list(MEASURE_TITLES)}")
+
+
+def _label_colors(frame: pd.DataFrame) -> dict[str, str]:
+    """A method's colour for its only label, distinct series colours for labels that share a method."""
+    labels = list(dict.fromkeys(frame["label"]))
+    method_of = dict(zip(frame["label"], frame["method"]))
+    shared = {m for m in method_of.values() if sum(v == m for v in method_of.values()) > 1}
+    names = {label: method_of[label] if method_of[label] in METHOD_COLORS and method_of[label] not in shared else label
+             for label in labels}
+    colors = series_colors(names.values())
+    return {label: colors[names[label]] for label in labels}
+
+
+def _transparent(color: str, alpha: float) -> str:
+    red, green, blue = (int(color.lstrip("#")[i : i + 2], 16) for i in (0, 2, 4))
+    return f"rgba({red}, {green}, {blue}, {alpha})"
+
+
+def diversity_over_training(source, measure: str = "mean_cka", title: str | None = None) -> go.Figure:
+    """How diverse the experts are at each training step: one line per run label.
+
+    ``source``: finished runs (``RunResult`` with ``diversity`` recorded every K steps, or the
+    ``runs`` of a ``metrics.json``) or a sweep summary (``sweep.summarize_sweep``, whose arms
+    hold ``diversity_over_training``). Runs that share a label (seeds) are averaged, with a band
+    from their min to max; a sweep summary has the means over seeds only. A LoRA run records
+    nothing (one expert), and MoE-LoRA with B = 0 starts at its first measured step: zero experts
+    have no direction.
+    """
+    _check_measure(measure, "diversity_over_training")
+    frame = diversity_frame(source).dropna(subset=[measure])
+    if frame.empty:
+        raise ValueError("diversity_over_training: no run recorded diversity over training "
+                         "(mixture runs with RunConfig(diversity_every=K) do; LoRA has a single expert)")
+    colors = _label_colors(frame)
+    fig = go.Figure()
+    for label, part in frame.groupby("label", sort=False):
+        stats = part.groupby("step")[measure].agg(mean="mean", low="min", high="max", runs="count").reset_index()
+        color = colors[label]
+        if (stats["runs"] > 1).any():
+            fig.add_trace(go.Scatter(x=stats["step"], y=stats["high"], mode="lines", line=dict(width=0), legendgroup=label,
+                                     showlegend=False, hoverinfo="skip", name=f"{label} max"))
+            fig.add_trace(go.Scatter(x=stats["step"], y=stats["low"], mode="lines", line=dict(width=0), fill="tonexty",
+                                     fillcolor=_transparent(color, 0.18), legendgroup=label, showlegend=False,
+                                     hoverinfo="skip", name=f"{label} min"))
+        fig.add_trace(go.Scatter(
+            x=stats["step"], y=stats["mean"], mode="lines+markers", name=str(label), legendgroup=label,
+            line=dict(color=color, width=2), marker=dict(size=6), customdata=stats[["runs"]].to_numpy(),
+            hovertemplate=f"{label}<br>step %{{x}}<br>{measure}: %{{y:.3f}}<br>runs: %{{customdata[0]}}<extra></extra>",
+        ))
+    fig.update_xaxes(title_text="optimizer step", **_whole_number_axis(frame["step"]))
+    fig.update_yaxes(title_text=MEASURE_TITLES[measure], **({"range": [0, 1.05]} if measure in _UNIT_MEASURES else {}))
+    several = bool(frame.groupby(["label", "step"]).size().gt(1).any())
+    default = f"Expert diversity over training ({'mean over runs, band: min–max' if several else 'one run per line'})"
+    return _finish(fig, title or default, "run")
+
+
+def _animation_range(values: pd.Series, measure: str) -> list[float]:
+    if measure in _UNIT_MEASURES:
+        return [0, 1.05]
+    low, high = float(values.min()), float(values.max())
+    return [min(0.0, low) - 0.05 * abs(low), 1.1 * max(high, 1.0 if measure == "mean_cka_debiased" else high)]
+
+
+def diversity_animation(source, measure: str = "mean_cka", title: str | None = None) -> go.Figure:
+    """Watch collapse happen (or not): the per-layer value of ``measure`` at each recorded step.
+
+    Frames are the steps (a play button and a step slider move through them); x is the adapted
+    layer in block order, one bar group per run label (seeds averaged). The y axis stays fixed
+    across frames. ``source`` as in ``diversity_over_training``; a sweep summary, which keeps the
+    means over layers only, gives one group ``MEAN_OVER_LAYERS``. A label with nothing at a step
+    (MoE-LoRA with B = 0 at step 0) shows no bar there.
+    """
+    _check_measure(measure, "diversity_animation")
+    frame = diversity_frame(source, per_layer=True).dropna(subset=[measure])
+    if frame.empty:
+        raise ValueError("diversity_animation: no run recorded diversity over training "
+                         "(mixture runs with RunConfig(diversity_every=K) do; LoRA has a single expert)")
+    frame, order = _with_layer_labels(frame)
+    means = frame.groupby(["label", "step", "layer_label"], sort=False)[measure].mean()
+    labels = list(dict.fromkeys(frame["label"]))
+    steps = sorted(frame["step"].unique())
+    colors = _label_colors(frame)
+
+    def bars(step) -> list[go.Bar]:
+        return [go.Bar(
+            x=order, y=[means.get((label, step, layer)) for layer in order], name=str(label), marker_color=colors[label],
+            hovertemplate=f"{label}<br>%{{x}}<br>{measure}: %{{y:.3f}}<extra>step {step}</extra>",
+        ) for label in labels]
+
+    fig = go.Figure(data=bars(steps[0]), frames=[go.Frame(data=bars(step), name=str(step)) for step in steps])
+    still = {"frame": {"duration": 0, "redraw": True}, "mode": "immediate", "transition": {"duration": 0}}
+    fig.update_layout(
+        barmode="group",
+        # below the layer names (paper coordinates: sliders and buttons have no container reference)
+        updatemenus=[dict(
+            type="buttons", direction="left", x=0, xanchor="left", y=-0.3, yanchor="top", pad=dict(t=0),
+            showactive=False, buttons=[
+                dict(label="▶ play", method="animate",
+                     args=[None, {"frame": {"duration": 600, "redraw": True}, "fromcurrent": True, "transition": {"duration": 300}}]),
+                dict(label="❚❚ pause", method="animate", args=[[None], still]),
+            ],
+        )],
+        sliders=[dict(
+            active=0, x=0.2, len=0.8, y=-0.22, yanchor="top", pad=dict(t=0),
+            currentvalue=dict(prefix="step ", font=dict(size=13)),
+            steps=[dict(label=str(step), method="animate", args=[[str(step)], still]) for step in steps],
+        )],
+        margin=dict(b=180), height=560,
+    )
+    fig.update_xaxes(title_text="adapted layer", **_categorical_axis(order))
+    fig.update_yaxes(title_text=MEASURE_TITLES[measure], range=_animation_range(frame[measure], measure))
+    return _finish(fig, title or f"{MEASURE_TITLES[measure].capitalize()} per layer over training (press play)", "run")
+
+
+def _block_of(name: str):
+    """The transformer block in a module name (``model.layers.3.self_attn.q_proj`` → 3), else None."""
+    found = re.search(r"\.(\d+)\.", f".{name}.")
+    return int(found.group(1)) if found else None
+
+
+def _routing_by_task(source) -> dict[str, tuple[Any, dict[str, list[float]]]]:
+    """``{layer: (block, {task: mean gate per expert})}`` of a run (``experts`` rows with
+    ``load_by_task``) or of a sweep arm (``routing_by_task``), in block order."""
+    by_layer = {}
+    routing = _field(source, "routing_by_task")
+    if routing:
+        by_layer = {name: (_block_of(name), tasks) for name, tasks in routing.items()}
+    for row in _field(source, "experts") or []:
+        if row.get("load_by_task"):
+            by_layer[row["layer"]] = (row.get("block"), row["load_by_task"])
+    ordered = sorted(by_layer.items(), key=lambda item: (-1 if item[1][0] is None else item[1][0], item[0]))
+    return dict(ordered)
+
+
+def specialization_heatmap(result, layer: str | None = None, title: str | None = None) -> go.Figure:
+    """Which expert each task uses: task × expert heatmap of the mean gate (routing mass) in one layer.
+
+    ``result``: a ``RunResult`` whose ``experts`` rows have ``load_by_task`` (or a sweep arm with
+    ``routing_by_task``). ``layer``: a module name; None shows the top adapted layer with a
+    dropdown over every layer. White is 1/E, an even share; red is more than that, blue less, so
+    a row with one red cell is a task routed to its own expert, and an all-white map is a router
+    that does not tell tasks apart.
+    """
+    layers = _routing_by_task(result)
+    if not layers:
+        raise ValueError("specialization_heatmap: the run has no routing by task (experts rows with 'load_by_task'); "
+                         "LoRA has no router")
+    if layer is not None and layer not in layers:
+        raise ValueError(f"specialization_heatmap: no routing recorded for layer {layer!r}; layers: {list(layers)}")
+    shown = [layer] if layer is not None else list(layers)
+    experts = max(len(loads) for _, tasks in layers.values() for loads in tasks.values())
+    columns = [expert_label(e) for e in range(experts)]
+    fig = go.Figure()
+    for name in shown:
+        block, tasks = layers[name]
+        z = [[loads[e] if e < len(loads) else None for e in range(experts)] for loads in tasks.values()]
+        fig.add_trace(go.Heatmap(
+            z=z, x=columns, y=list(tasks), zmin=0.0, zmax=min(1.0, 2.0 / experts), colorscale="RdBu_r",
+            text=[[format_fixed(v, 2) for v in row] for row in z], texttemplate="%{text}",
+            hovertemplate="%{y}, %{x}: mean gate %{z:.3f}<extra>" + layer_label(name, block) + "</extra>",
+            colorbar=dict(title=dict(text="mean gate<br>(white = 1/E)")), name=layer_label(name, block),
+            visible=name == shown[-1],
+        ))
+    tasks = list(dict.fromkeys(t for name in shown for t in layers[name][1]))
+    fig.update_xaxes(title_text="expert", side="bottom", **_categorical_axis(columns))
+    fig.update_yaxes(title_text="task", autorange="reversed", **_categorical_axis(tasks))
+
+    def heading(name: str) -> str:
+        return title or f"Routing mass per task and expert, {layer_label(name, layers[name][0])}"
+
+    if len(shown) > 1:
+        fig.update_layout(updatemenus=[dict(
+            type="dropdown", active=len(shown) - 1, x=1, xanchor="right", y=1, yanchor="bottom", pad=dict(b=6),
+            buttons=[dict(label=layer_label(name, layers[name][0]), method="update",
+                          args=[{"visible": [other == name for other in shown]}, {"title.text": heading(name)}])
+                     for name in shown],
+        )])
+    return _finish(fig, heading(shown[-1]))

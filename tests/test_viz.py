@@ -187,3 +187,200 @@ def test_all_figures_share_the_template():
     for fig in figures:
         assert fig.layout.template.layout.font.family == viz.TEMPLATE.layout.font.family
         assert fig.layout.title.text
+
+
+# --- numbers, colours, legends, axes ----------------------------------------------------------
+def test_numbers_print_whole_as_integers_and_missing_as_a_dash():
+    assert viz.format_count(4.0) == "4" and viz.format_count(12345) == "12,345" and viz.format_count(np.int64(3)) == "3"
+    assert [viz.format_count(v) for v in (None, float("nan"), pd.NA)] == ["—"] * 3
+    assert viz.format_fixed(0.25) == "0.250" and viz.format_fixed(np.nan) == "—" and viz.format_fixed(1.0, 2) == "1.00"
+    assert viz.format_percent(0.625) == "62.5" and viz.format_percent(None) == "—"
+    assert [viz.format_value(v) for v in (4.0, 0.02, None, float("nan"), ["q_proj", "v_proj"], True, np.float64(2.0), "x")] == \
+        ["4", "0.02", "—", "—", "q_proj, v_proj", "True", "2", "x"]
+
+
+def test_tsne_hover_shows_token_ids_as_integers_and_missing_ones_as_a_dash():
+    frame = _embedding_frame()
+    frame["token"] = frame["token"].astype(float)
+    frame.loc[0, "token"] = np.nan
+    fig = viz.tsne_scatter(frame)
+    tokens = {str(value) for trace in fig.data for row in trace.customdata for value in row}
+    assert {"17", "42", "—"} <= tokens and not any(t.endswith(".0") or t == "nan" for t in tokens)
+
+
+def test_series_colours_differ_for_thirty_names_and_keep_the_methods_own():
+    names = ["omoe", *[f"run {i}" for i in range(29)]]
+    colors = viz.series_colors(names)
+    assert colors["omoe"] == viz.METHOD_COLORS["omoe"]
+    assert len(set(colors.values())) == 30
+    assert not set(viz.SERIES_COLORS) & set(viz.METHOD_COLORS.values())
+
+
+def test_a_long_legend_goes_under_the_plot_and_a_short_one_stays():
+    def curves(methods: int) -> go.Figure:
+        history = pd.DataFrame({"step": [1, 2] * methods, "loss": [2.0, 1.0] * methods,
+                                "method": [f"run {i}" for i in range(methods) for _ in range(2)]})
+        return viz.training_curves(history)
+
+    many = curves(viz.LEGEND_MAX_ENTRIES + 2)
+    assert many.layout.legend.orientation == "h" and many.layout.legend.yref == "container"
+    assert len({t.line.color for t in many.data}) == viz.LEGEND_MAX_ENTRIES + 2  # no colour used twice
+    assert curves(3).layout.legend.orientation is None
+
+
+def test_titles_push_the_margin_instead_of_overlapping_the_axes():
+    title = viz.TEMPLATE.layout.title
+    assert title.automargin is True and title.yref == "container" and title.yanchor == "top"
+    assert viz.TEMPLATE.layout.xaxis.automargin is True and viz.TEMPLATE.layout.yaxis.title.standoff > 0
+
+
+def test_heatmap_axes_list_their_categories_so_plotly_computes_no_dtick():
+    fig = viz.cka_heatmap(np.eye(3))
+    for axis in (fig.layout.xaxis, fig.layout.yaxis):
+        assert axis.type == "category" and axis.tickmode == "array"
+        assert list(axis.tickvals) == ["expert 0", "expert 1", "expert 2"]
+
+
+def test_stiefel_tolerance_label_sits_on_its_dashed_line():
+    df = pd.DataFrame({"layer": [0, 1], "method": ["omoe", "omoe"], "error": [1e-7, 2e-7]})
+    fig = viz.stiefel_error_by_layer(df, tol=4.8e-6)
+    (label,) = fig.layout.annotations
+    assert label.text == "tolerance 4.8e-06"
+    assert label.yref == "y" and label.y == pytest.approx(np.log10(4.8e-6))  # a log axis places annotations at log10(y)
+    assert list(fig.layout.xaxis.tickvals) == [0, 1]  # whole blocks, no tick at 0.5
+
+
+def test_layer_measure_bars_one_panel_per_measure_in_block_order():
+    frame = pd.DataFrame({"series": ["moe", "moe", "omoe", "omoe", "omoe"], "block": [3, 2, 3, 2, 2],
+                          "layer": ["model.layers.3.q", "model.layers.2.q"] * 2 + ["model.layers.2.q"],
+                          "cka": [0.9, 0.8, 0.3, 0.2, 0.4], "cos": [0.5] * 5})
+    fig = viz.layer_measure_bars(frame, [("cka", "CKA"), ("cos", "cos")], "similarity", y_range=(0, 1))
+    assert len(fig.data) == 4 and [t.showlegend for t in fig.data] == [True, False, True, False]
+    moe, _, omoe, _ = fig.data
+    assert list(moe.x) == ["L2 q", "L3 q"] and list(moe.y) == pytest.approx([0.8, 0.9])
+    assert list(omoe.y) == pytest.approx([0.3, 0.3])  # block 2 averaged over two rows (seeds)
+    assert omoe.marker.color == viz.METHOD_COLORS["omoe"] and list(fig.layout.yaxis.range) == [0, 1]
+    with pytest.raises(ValueError, match="missing"):
+        viz.layer_measure_bars(frame.drop(columns="cos"), [("cos", "cos")], "x")
+
+
+# --- diversity over training ------------------------------------------------------------------
+def _over_training_run(label, method, seed, steps, value, layers=("model.layers.0.q_proj", "model.layers.1.q_proj")):
+    """A RunResult-like dict whose measures are value + step / 100 (+ block / 10 per layer)."""
+    rows = []
+    for step in steps:
+        per_layer = {name: {"block": block, **{m: value + step / 100 + block / 10 for m in viz.MEASURE_TITLES}}
+                     for block, name in enumerate(layers)}
+        rows.append({"step": step, **{m: value + step / 100 for m in viz.MEASURE_TITLES}, "per_layer": per_layer})
+    return {"label": label, "config": {"method": method, "seed": seed}, "diversity": rows}
+
+
+def _over_training_runs():
+    return [
+        _over_training_run("MoE-LoRA", "moe", 0, (5, 10), 0.5),  # B = 0: no step 0
+        _over_training_run("OMoE", "omoe", 0, (0, 5, 10), 0.2),
+        _over_training_run("OMoE", "omoe", 1, (0, 5, 10), 0.4),
+        {"label": "LoRA", "config": {"method": "lora", "seed": 0}, "diversity": []},
+    ]
+
+
+def test_measure_titles_cover_the_analysis_measures():
+    from omoe_lab.analysis.diversity import MEASURES
+
+    assert tuple(viz.MEASURE_TITLES) == MEASURES
+
+
+def test_diversity_over_training_averages_seeds_with_a_min_max_band():
+    fig = viz.diversity_over_training(_over_training_runs())
+    assert [t.name for t in fig.data] == ["MoE-LoRA", "OMoE max", "OMoE min", "OMoE"]
+    moe, high, low, omoe = fig.data
+    assert list(moe.x) == [5, 10] and list(moe.y) == pytest.approx([0.55, 0.6])
+    assert list(omoe.x) == [0, 5, 10] and list(omoe.y) == pytest.approx([0.3, 0.35, 0.4])  # mean of 0.2 and 0.4 starts
+    assert list(low.y) == pytest.approx([0.2, 0.25, 0.3]) and list(high.y) == pytest.approx([0.4, 0.45, 0.5])
+    assert low.fill == "tonexty" and not high.showlegend and not low.showlegend
+    assert moe.line.color == viz.METHOD_COLORS["moe"] and omoe.line.color == viz.METHOD_COLORS["omoe"]
+    assert list(fig.layout.yaxis.range) == [0, 1.05] and list(fig.layout.xaxis.tickvals) == [0, 5, 10]
+    assert "min–max" in fig.layout.title.text
+    rank = viz.diversity_over_training(_over_training_runs(), measure="effective_rank")
+    assert rank.layout.yaxis.range is None and rank.layout.yaxis.title.text.startswith("effective rank")
+    with pytest.raises(ValueError, match="unknown measure"):
+        viz.diversity_over_training(_over_training_runs(), measure="cka")
+    with pytest.raises(ValueError, match="no run recorded"):
+        viz.diversity_over_training(_over_training_runs()[-1:])
+
+
+def _sweep_summary():
+    return {"meta": {}, "arms": [
+        {"arm": "moe4", "label": "MoE-LoRA E=4 soft", "config": {"method": "moe"},
+         "diversity_over_training": [{"step": 5, "mean_abs_cosine": 0.5, "mean_cka": 0.7, "mean_cka_debiased": 0.6, "effective_rank": 1.5}]},
+        {"arm": "omoe4", "label": "OMoE E=4 soft", "config": {"method": "omoe"},
+         "diversity_over_training": [{"step": s, "mean_abs_cosine": 0.2, "mean_cka": 0.3 + s / 100, "mean_cka_debiased": 0.1, "effective_rank": 3.0}
+                                     for s in (0, 5)]},
+        {"arm": "lora", "label": "LoRA (E·r budget)", "config": {"method": "lora"}},
+    ]}
+
+
+def test_diversity_over_training_from_a_sweep_summary():
+    fig = viz.diversity_over_training(_sweep_summary())
+    assert [t.name for t in fig.data] == ["MoE-LoRA E=4 soft", "OMoE E=4 soft"]  # no band: the summary has means only
+    assert list(fig.data[1].y) == pytest.approx([0.3, 0.35])
+    assert "one run per line" in fig.layout.title.text
+
+
+def test_diversity_animation_one_frame_per_step_with_play_and_slider():
+    fig = viz.diversity_animation(_over_training_runs())
+    assert [f.name for f in fig.frames] == ["0", "5", "10"]
+    assert [t.name for t in fig.data] == ["MoE-LoRA", "OMoE"] and list(fig.data[0].x) == ["L0 q_proj", "L1 q_proj"]
+    first, last = fig.frames[0], fig.frames[-1]
+    assert list(first.data[0].y) == [None, None]  # MoE-LoRA (B = 0) has nothing at step 0
+    assert list(first.data[1].y) == pytest.approx([0.3, 0.4])  # OMoE, seeds averaged, per layer
+    assert list(last.data[0].y) == pytest.approx([0.6, 0.7])
+    (buttons,) = fig.layout.updatemenus
+    assert [b.label for b in buttons.buttons] == ["▶ play", "❚❚ pause"] and buttons.buttons[0].method == "animate"
+    (slider,) = fig.layout.sliders
+    assert [s.label for s in slider.steps] == ["0", "5", "10"] and list(slider.steps[1].args[0]) == ["5"]
+    assert list(fig.layout.yaxis.range) == [0, 1.05]  # fixed across frames
+    assert fig.layout.xaxis.tickmode == "array"
+    summary = viz.diversity_animation(_sweep_summary())
+    assert list(summary.data[0].x) == [viz.MEAN_OVER_LAYERS] and [f.name for f in summary.frames] == ["0", "5"]
+
+
+# --- routing by task ---------------------------------------------------------------------------
+def _routed_run():
+    experts = [{"layer": f"model.layers.{block}.self_attn.q_proj", "block": block, "experts": 4,
+                "load_by_task": {"boolq": [0.7, 0.1, 0.1, 0.1], "piqa": [0.1, 0.1, 0.1 + block / 10, 0.7 - block / 10]}}
+               for block in (3, 2)]  # unsorted: the default is the top block, not the last row
+    return {"label": "OMoE", "config": {"method": "omoe"}, "experts": experts + [{"layer": "lora_only", "block": 1}]}
+
+
+def test_specialization_heatmap_shows_the_top_layer_with_a_dropdown_over_every_layer():
+    fig = viz.specialization_heatmap(_routed_run())
+    assert [t.name for t in fig.data] == ["L2 q_proj", "L3 q_proj"]
+    assert [t.visible for t in fig.data] == [False, True]
+    top = fig.data[1]
+    assert list(top.y) == ["boolq", "piqa"] and list(top.x) == ["expert 0", "expert 1", "expert 2", "expert 3"]
+    assert top.z[1] == pytest.approx([0.1, 0.1, 0.4, 0.4])
+    assert (top.zmin, top.zmax) == (0.0, 0.5)  # white at 1/E
+    assert top.text[0][0] == "0.70"
+    (menu,) = fig.layout.updatemenus
+    assert [b.label for b in menu.buttons] == ["L2 q_proj", "L3 q_proj"] and menu.active == 1
+    assert menu.buttons[0].args[0] == {"visible": [True, False]}
+    assert "L3 q_proj" in fig.layout.title.text
+    assert fig.layout.xaxis.tickmode == "array" and fig.layout.yaxis.type == "category"
+
+    one = viz.specialization_heatmap(_routed_run(), layer="model.layers.2.self_attn.q_proj")
+    assert len(one.data) == 1 and not one.layout.updatemenus and "L2 q_proj" in one.layout.title.text
+    with pytest.raises(ValueError, match="no routing recorded"):
+        viz.specialization_heatmap(_routed_run(), layer="model.layers.9.q_proj")
+    with pytest.raises(ValueError, match="no routing by task"):
+        viz.specialization_heatmap({"experts": [{"layer": "x", "block": 0}]})
+
+
+def test_specialization_heatmap_from_a_sweep_arm():
+    arm = {"label": "OMoE E=4 soft", "routing_by_task": {
+        "model.layers.29.self_attn.v_proj": {"boolq": [0.5, 0.5], "piqa": [0.2, 0.8]},
+        "model.layers.28.self_attn.v_proj": {"boolq": [0.5, 0.5], "piqa": [0.5, 0.5]},
+    }}
+    fig = viz.specialization_heatmap(arm)
+    assert [t.name for t in fig.data] == ["L28 v_proj", "L29 v_proj"] and fig.data[1].visible
+    assert fig.data[1].zmax == 1.0  # two experts: 2/E caps at 1

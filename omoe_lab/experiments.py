@@ -272,7 +272,7 @@ def run(
             if resolved.method != "none":
                 summary = trainable_parameters(model)
                 result.parameters = {"trainable": summary.trainable, "total": summary.total, "percent": summary.percent, **summary.by_kind}
-                probe = prompt_batches(tokenizer, test[:: max(1, len(test) // PROBE_PROMPTS)][:PROBE_PROMPTS], resolved.prompt_style) if resolved.method in ("moe", "omoe") else None
+                probe = prompt_batches(tokenizer, spread(test, PROBE_PROMPTS), resolved.prompt_style) if resolved.method in ("moe", "omoe") else None
                 trained = train(model, tokenizer, train_examples, config.train_config(), progress=progress, prefix=prefix, diversity_probe=probe)
                 result.history, result.routing, result.diversity = trained.history, trained.routing, trained.diversity
             # whole (prompt + option) sequences replay the frozen blocks from the prefix cache
@@ -294,7 +294,7 @@ def run(
                 "questions": [question_id(ex) for ex in test],  # which questions ``correct`` refers to
             })
             if resolved.method in ("moe", "omoe"):  # a single LoRA has no experts to compare
-                result.experts, result.embedding = analyse_experts(model, tokenizer, test, resolved, progress)
+                result.experts, result.embedding = analyse_experts(model, tokenizer, spread(test, ANALYSIS_PROMPTS), resolved, progress)
         if resolved.method != "none":
             folder.mkdir(parents=True, exist_ok=True)
             save_adapters(model, folder / "adapters")
@@ -400,7 +400,19 @@ def question_id(example) -> str:
     return hashlib.sha256(f"{example.task}\x1f{example.question}\x1f{example.options}".encode()).hexdigest()[:12]
 
 
-PROBE_PROMPTS = 32  # held-out prompts (evenly spread over the test questions) the diversity-over-training probe measures on
+# Held-out prompts the experts are measured on, evenly spread over the test questions (so over the
+# tasks): the final analysis samples ``capture_tokens`` tokens from them, the diversity-over-training
+# probe uses fewer, since it runs every ``diversity_every`` steps. Capturing materializes every
+# expert's output for every token read, so reading all test prompts to sample 512 tokens would
+# cost minutes per run on a CPU.
+ANALYSIS_PROMPTS = 128
+PROBE_PROMPTS = 16
+
+
+def spread(examples: Sequence, count: int) -> list:
+    """``count`` examples evenly spaced over the list (all of them if there are fewer)."""
+    step = max(1, len(examples) // count)
+    return list(examples[::step][:count])
 
 
 def prompt_batches(tokenizer, examples, style: str, batch_size: int = 16) -> list[dict]:

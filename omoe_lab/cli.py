@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="std of lora_B's random init (default: 0 for lora/moe, 0.02 for omoe); a positive value with "
                        "--method moe starts vanilla experts like OMoE's, the control for the random start")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--log-with", nargs="+", default=None, metavar="TRACKER",
+                       help="log loss, learning rates, routing entropy and expert diversity with these Accelerate trackers "
+                       "(tensorboard, wandb, mlflow, ...) under <out>/<run>/logs; see it with: tensorboard --logdir <out>")
     train.set_defaults(handler=_train)
 
     evaluate = sub.add_parser("eval", help="score a model (optionally with saved adapters) on tasks",
@@ -132,6 +135,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=16)
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
     evaluate.set_defaults(handler=_eval)
+
+    export = sub.add_parser("export", help="write saved LoRA adapters in another library's format (PEFT)",
+                            description="Convert adapters written by `train` (method lora) into a PEFT LoRA folder that "
+                            "peft.PeftModel.from_pretrained(base_model, folder) loads with the same logits. MoE-LoRA and "
+                            "OMoE have no peer format: their per-token routing cannot be written as one LoRA.")
+    export.add_argument("--peft", action="store_true", help="write Hugging Face PEFT's LoRA format (the only format so far)")
+    export.add_argument("--adapters", type=Path, required=True, help="folder with adapter_config.json + adapter_model.safetensors")
+    export.add_argument("--out", type=Path, required=True, help="the folder to write (adapter_config.json + adapter_model.safetensors)")
+    export.add_argument("--model", default="default", help="the base model the adapters were trained on: 'default', 'tiny', a hub name or a folder")
+    export.set_defaults(handler=_export)
 
     compare = sub.add_parser("compare", help="accuracy and diversity over methods × expert counts × seeds (cached)",
                              description="Run every combination once (finished runs replay from the cache) and print a table.")
@@ -210,9 +223,9 @@ def _common(args) -> dict:
 
 def _demo(args) -> int:
     from .adapters.config import DEFAULT_B_INIT_STD
-    from .analysis.stats import paired_test
     from .experiments import RunConfig, best_baselines, run_all
-    from .report import environment_info, format_p_value, write_report
+    from .findings import format_p_value, paired_with_best_baseline
+    from .report import environment_info, write_report
 
     common = _common(args)
     out = _out_dir(args, "demo")
@@ -223,18 +236,15 @@ def _demo(args) -> int:
                     for s in args.seeds]
     results = run_all(configs, cache_dir=args.cache_dir, progress=not args.no_progress)
     report = write_report(results, out, title="omoe_lab demo: LoRA vs MoE-LoRA vs OMoE", environment=environment_info())
-    zero = results[0]
-    baselines = best_baselines(zero) if "baselines" in zero.metrics else None
+    paired = paired_with_best_baseline(results)
     width = max(len(r.label) for r in results)
     for r in results:
-        versus = ""
-        if baselines and r is not zero:
-            test = paired_test(baselines["best_per_task_correct"], r.metrics["correct"])
-            versus = f"  vs best baseline per task: +{test['gained']} -{test['lost']} questions, McNemar {format_p_value(test['p'])}"
+        test = paired.get(r.label)
+        versus = f"  vs best baseline per task: +{test['gained']} -{test['lost']} questions, {test['test']} {format_p_value(test['p'])}" if test else ""
         print(f"{r.label:{width}s}  accuracy {r.metrics['accuracy']:.3f} ({r.metrics['protocol']}, {r.metrics['prompt_style']} prompt, "
               f"n={r.metrics['n']}){'  [cached]' if r.from_cache else f'  {r.seconds:4.0f} s'}{versus}")
-    if baselines:
-        best = ", ".join(f"{task} {b['accuracy']:.3f} ({b['baseline']})" for task, b in baselines["best_per_task"].items())
+    if "baselines" in results[0].metrics:
+        best = ", ".join(f"{task} {b['accuracy']:.3f} ({b['baseline']})" for task, b in best_baselines(results[0])["best_per_task"].items())
         print(f"best baseline per task (zero-shot prompt styles, PMI, majority answer): {best}")
     print(f"\nreport: {report}\nmetrics: {out / 'metrics.json'}")
     return 0
@@ -247,7 +257,14 @@ def _train(args) -> int:
     config = RunConfig(method=args.method, num_experts=args.num_experts, top_k=args.top_k, orthogonalize=args.orthogonalize,
                        seed=args.seed, b_init_std=args.b_init_std, **common)
     out = _out_dir(args, "train")
-    result = run(config, cache_dir=out, progress=not args.no_progress)
+    if args.log_with:
+        from .train import LOGS_FOLDER, log_training_to
+
+        # run() makes the TrainConfig itself; a tracker changes no result, so it stays out of the run's config and cache key
+        with log_training_to(args.log_with, out / config.key() / LOGS_FOLDER):
+            result = run(config, cache_dir=out, progress=not args.no_progress)
+    else:
+        result = run(config, cache_dir=out, progress=not args.no_progress)
     print(json.dumps({"label": result.label, "metrics": result.metrics, "folder": result.folder,
                       "adapters": str(Path(result.folder) / "adapters")}, indent=2))
     return 0
@@ -270,6 +287,22 @@ def _eval(args) -> int:
         print(json.dumps(data, indent=2))
     else:
         print(result)
+    return 0
+
+
+def _export(args) -> int:
+    from .export import check_exportable, export_peft
+    from .inject import load_adapters, read_adapter_config
+    from .models import load_model
+
+    if not args.peft:
+        raise ValueError("name the format to write: --peft (Hugging Face PEFT's LoRA format, the only one so far)")
+    config, _ = read_adapter_config(args.adapters)
+    check_exportable(config)  # MoE-LoRA / OMoE fail here, before the model loads
+    model, _ = load_model(args.model, progress=False)
+    load_adapters(model, args.adapters)
+    folder = export_peft(model, args.out)
+    print(f"PEFT LoRA adapters written to {folder}; load them with peft.PeftModel.from_pretrained(base_model, {str(folder)!r})")
     return 0
 
 

@@ -12,6 +12,11 @@ ends with the same weights as an uninterrupted one.
 Frozen-prefix cache (``omoe_lab.prefix``): when the adapters sit only in blocks ≥ k, the hidden
 states entering block k never change, so they are recorded the first time an example is seen and
 every later pass over it runs blocks k… only.
+
+Trackers (``TrainConfig(log_with="tensorboard")``, or ``"wandb"``... any Accelerate tracker): the
+loss, the router's auxiliary loss, each parameter group's learning rate, the routing entropy and
+the experts' diversity are logged under ``out_dir/logs`` through Accelerate's tracker API. Logging
+only reads what the run computes anyway, so a run ends with the same weights with or without it.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ import shutil
 import signal
 import time
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -42,7 +48,11 @@ from .prefix import FrozenPrefix, first_adapted_block, supports_prefix_cache
 
 @dataclass
 class TrainConfig:
-    """How to train. ``batch_size`` is global: examples per optimizer step over all processes."""
+    """How to train. ``batch_size`` is global: examples per optimizer step over all processes.
+
+    ``log_with``: Accelerate tracker name(s) (``"tensorboard"``, ``"wandb"``, ``["tensorboard",
+    "mlflow"]``...) to log the run to, under ``train``'s ``out_dir/logs``; ``None`` logs nothing.
+    """
 
     steps: int = 100
     batch_size: int = 8
@@ -63,6 +73,7 @@ class TrainConfig:
     prefix_cache_dtype: str = "float16"
     mixed_precision: str = "auto"
     prompt_style: str = "listed"
+    log_with: str | list[str] | None = None
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "grad_accum", "max_length"):
@@ -80,6 +91,12 @@ class TrainConfig:
             raise ValueError(f"prefix_cache_dtype must be float16, bfloat16 or float32, got {self.prefix_cache_dtype!r}")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
+        if isinstance(self.log_with, tuple):
+            self.log_with = list(self.log_with)
+        names = [self.log_with] if isinstance(self.log_with, str) else self.log_with
+        if names is not None and (not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names)):
+            raise ValueError(f"log_with must be a tracker name such as 'tensorboard', a list of names, or None (no tracker), "
+                             f"got {self.log_with!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -121,6 +138,10 @@ def train(
     ``config.diversity_every = K``: the raw experts' diversity is measured on it before the first
     step, every K steps and after the last, and kept in ``TrainResult.diversity``. It runs in eval
     mode without touching the random state, so training takes the same steps with or without it.
+
+    ``config.log_with`` (or an enclosing ``log_training_to``) logs the run to trackers under
+    ``out_dir/logs``; an ``accelerator`` passed in must have been made with ``log_with`` and its own
+    ``project_dir``, where the logs then go.
     """
     from accelerate import Accelerator
     from tqdm.auto import tqdm
@@ -133,8 +154,13 @@ def train(
     out_dir = Path(out_dir) if out_dir is not None else None
     if out_dir is not None:
         writable_folder(out_dir)
+    log_with, logging_dir = _resolve_tracking(config, out_dir)
     if accelerator is None:
-        accelerator = Accelerator(mixed_precision=_mixed_precision(config.mixed_precision))
+        trackers = {"log_with": log_with, "project_dir": logging_dir} if log_with else {}
+        accelerator = Accelerator(mixed_precision=_mixed_precision(config.mixed_precision), **trackers)
+    elif log_with and not accelerator.log_with:
+        raise ValueError(f"log_with={log_with!r}, but the accelerator passed to train() has no trackers: make it with "
+                         "Accelerator(log_with=..., project_dir=<logging folder>), or leave accelerator out")
     world = accelerator.num_processes
     per_micro, remainder = divmod(config.batch_size, world * config.grad_accum)
     if per_micro == 0 or remainder:
@@ -181,8 +207,10 @@ def train(
             train_model.train()
             if measured:  # empty while every expert is still zero (MoE-LoRA starts with B = 0)
                 result.diversity.append({"step": at_step, **measured})
+                if log_with:
+                    accelerator.log(diversity_scalars(result.diversity[-1]), step=at_step)
 
-    with prefix.active() if prefix else _nothing(), _deferred_interrupt() as interrupted:
+    with prefix.active() if prefix else _nothing(), _deferred_interrupt() as interrupted, _trackers(accelerator, log_with, config, model):
         while step < stop_at and not interrupted():
             if measure_every and step % measure_every == 0:
                 measure_diversity_at(step)
@@ -210,6 +238,9 @@ def train(
                 tokens_seen += int(batch["attention_mask"].sum())
                 if probe is not None:
                     result.routing.extend({"step": step, **row} for row in probe())
+                    if log_with and (rows := probe()):
+                        # at the step the rows carry: the forward that routed saw the weights after `step` updates
+                        accelerator.log(routing_scalars(rows), step=step)
             if config.max_grad_norm:
                 accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
@@ -225,6 +256,8 @@ def train(
                 "tokens_per_s": totals[2].item() / max(time.perf_counter() - tick, 1e-9),
             }
             result.history.append(record)
+            if log_with:
+                accelerator.log(step_scalars(record, optimizer.param_groups), step=step)
             bar.set_postfix(loss=f"{record['loss']:.3f}")
             bar.update(1)
             if out_dir is not None and config.checkpoint_every and step % config.checkpoint_every == 0:
@@ -337,12 +370,123 @@ def _nothing():
     yield None
 
 
+# --- trackers -----------------------------------------------------------------------------------------
+LOGS_FOLDER = "logs"  # under out_dir: the logging folder of Accelerate's trackers
+TRACKER_PROJECT = "omoe_lab"  # the project name trackers get; TensorBoard's subfolder of LOGS_FOLDER
+# (log_with, logging folder) that train() calls without their own use: set by log_training_to
+_AMBIENT_TRACKING: ContextVar[tuple[str | list[str], Path] | None] = ContextVar("omoe_lab_tracking", default=None)
+
+
+@contextmanager
+def log_training_to(log_with: str | list[str], logging_dir: str | Path):
+    """Inside this block, every ``train`` call logs with ``log_with`` under ``logging_dir`` (unless its
+    own ``TrainConfig.log_with`` or ``out_dir`` says otherwise).
+
+    For code that calls ``train`` for you and owns its ``TrainConfig``, such as
+    ``omoe_lab.experiments.run`` (what ``omoe-lab train --log-with`` uses): a tracker changes no
+    result, so it is no part of a run's configuration or cache key.
+    """
+    check_trackers(log_with)
+    token = _AMBIENT_TRACKING.set((log_with, Path(logging_dir)))
+    try:
+        yield
+    finally:
+        _AMBIENT_TRACKING.reset(token)
+
+
+def check_trackers(log_with: str | list[str]) -> list[str]:
+    """The tracker names of ``log_with``, refusing unknown ones and ones whose package is missing.
+
+    Accelerate itself skips a tracker whose package is not installed with only a warning, and the
+    run would then log nothing.
+    """
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
+
+    names = [log_with] if isinstance(log_with, str) else list(log_with)
+    installed = {str(t) for t in get_available_trackers()}
+    for name in names:
+        if name != "all" and name not in LOGGER_TYPE_TO_CLASS:
+            raise ValueError(f"unknown tracker {name!r}: choose among {sorted(LOGGER_TYPE_TO_CLASS)} (or 'all', every installed one)")
+        if name not in installed and not (name == "all" and installed):
+            package = "tensorboard: pip install -c constraints.txt tensorboard" if name in ("tensorboard", "all") else f"pip install {name}"
+            raise ValueError(f"tracker {name!r} is not installed ({package}), so the run would log nothing; "
+                             "install it, or leave log_with (CLI: --log-with) out")
+    return names
+
+
+def _resolve_tracking(config: TrainConfig, out_dir: Path | None) -> tuple[str | list[str] | None, Path | None]:
+    """(trackers, logging folder) of a ``train`` call: its own config and ``out_dir`` first, then
+    the enclosing ``log_training_to`` block; ``(None, None)`` when nothing asks for a tracker."""
+    ambient = _AMBIENT_TRACKING.get()
+    log_with = config.log_with or (ambient[0] if ambient else None)
+    if not log_with:
+        return None, None
+    logging_dir = out_dir / LOGS_FOLDER if out_dir is not None else (ambient[1] if ambient else None)
+    if logging_dir is None:
+        raise ValueError(f"log_with={log_with!r} writes its logs under out_dir/{LOGS_FOLDER}: pass out_dir=<run folder> "
+                         "to train() (CLI: --out), or leave log_with out")
+    check_trackers(log_with)
+    return log_with, logging_dir
+
+
+@contextmanager
+def _trackers(accelerator, log_with, config: TrainConfig, model: nn.Module):
+    """Start this run's trackers, and close them however the run ends (an error or Ctrl-C included).
+
+    Not ``accelerator.end_training()``: that also destroys the process group, which would end a
+    multi-process job that trains several runs in a row (a sweep under ``torchrun``).
+    """
+    if not log_with:
+        yield
+        return
+    before = len(accelerator.trackers)  # an accelerator passed in may have trackers of its caller's
+    accelerator.init_trackers(TRACKER_PROJECT, config=_tracker_hparams(config, model))
+    try:
+        yield
+    finally:
+        for tracker in accelerator.trackers[before:]:
+            tracker.finish()
+        del accelerator.trackers[before:]
+
+
+def _tracker_hparams(config: TrainConfig, model: nn.Module) -> dict[str, Any]:
+    """The run's settings as flat scalars (TensorBoard's hparams take numbers, strings and booleans)."""
+    settings = {**config.to_dict(), **{f"adapter_{k}": v for k, v in model.omoe_config.to_dict().items()}}
+    settings.pop("log_with")
+    return {k: v if v is None or isinstance(v, (bool, int, float, str)) else json.dumps(v) for k, v in settings.items()}
+
+
+def step_scalars(record: dict[str, float], param_groups: Sequence[dict]) -> dict[str, float]:
+    """What a tracker logs after every optimizer step: the losses, the speed and each group's rate."""
+    scalars = {"train/loss": record["loss"], "train/aux_loss": record["aux_loss"], "train/tokens_per_s": record["tokens_per_s"]}
+    scalars.update({f"lr/{group.get('name', index)}": group["lr"] for index, group in enumerate(param_groups)})
+    return scalars
+
+
+def routing_scalars(rows: Sequence[dict]) -> dict[str, float]:
+    """Routing entropy over the routed layers of one probe: the mean in nats, and the mean and the
+    lowest normalized entropy (1 = uniform over the experts, 0 = one expert takes every token)."""
+    normalized = [row["normalized_entropy"] for row in rows]
+    return {
+        "routing/entropy": float(np.mean([row["entropy"] for row in rows])),
+        "routing/normalized_entropy": float(np.mean(normalized)),
+        "routing/normalized_entropy_min": float(np.min(normalized)),
+    }
+
+
+def diversity_scalars(row: dict[str, Any]) -> dict[str, float]:
+    """The means over layers of one diversity measurement (``per_layer`` stays in TrainResult)."""
+    return {f"diversity/{name}": float(value) for name, value in row.items()
+            if name not in ("step", "per_layer") and isinstance(value, (int, float))}
+
+
 # --- checkpoints -------------------------------------------------------------------------------------
 def run_fingerprint(model: nn.Module, config: TrainConfig, features: Sequence[dict]) -> str:
     """Hash of what must not change between a run and its resumption: the training settings, the
     adapters, the base model (its config and a sample of its frozen weights) and the token ids the
     tokenizer made of the data (so another tokenizer, prompt or data set is refused too)."""
-    keep = {k: v for k, v in config.to_dict().items() if k not in ("checkpoint_every",)}
+    # neither how often checkpoints are written nor where the run is logged changes its steps
+    keep = {k: v for k, v in config.to_dict().items() if k not in ("checkpoint_every", "log_with")}
     data = hashlib.sha256()
     for feature in features:
         data.update(np.asarray(feature["input_ids"] + [-1] + feature["labels"], dtype=np.int64).tobytes())

@@ -7,7 +7,7 @@ import pytest
 
 from omoe_lab.cli import build_parser, main
 
-COMMANDS = ["demo", "train", "eval", "compare", "sweep", "fetch-model"]
+COMMANDS = ["demo", "train", "eval", "compare", "sweep", "export", "fetch-model"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

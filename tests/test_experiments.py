@@ -132,7 +132,7 @@ def test_the_test_subset_is_a_fixed_random_one_in_task_order():
 
 
 @pytest.mark.parametrize("fields,message", [
-    (dict(method="mixlora"), "unknown method"), (dict(prompt_style="chat"), "unknown prompt style"),
+    (dict(method="mixture9"), "unknown method"), (dict(prompt_style="chat"), "unknown prompt style"),
     (dict(protocol="vote"), "unknown protocol"), (dict(method="moe", num_experts=2, top_k=3), "top_k=3"),
     (dict(method="omoe", num_experts=0), "num_experts must be >= 1"), (dict(tasks=()), "no tasks"),
 ])

@@ -424,11 +424,7 @@ def load_hub_task(name: str, split: str = "test") -> list[Example]:
     try:
         rows = datasets.load_dataset(hub.path, hub.config, split=hub_split)
     except Exception as err:
-        raise ConnectionError(
-            f"could not load {where} from the Hugging Face Hub ({type(err).__name__}: {err}). If the Hub is "
-            f"unreachable (offline), pass data_dir=<folder> holding {name}/{split}.json in LLM-Adapters layout, "
-            "or data_dir=None for the built-in suite."
-        ) from err
+        raise _hub_load_error(err, where, name, split, datasets.__version__) from err
     examples = []
     for index, row in enumerate(rows):
         try:
@@ -439,6 +435,33 @@ def load_hub_task(name: str, split: str = "test") -> list[Example]:
     if not examples:
         raise ValueError(f"{where}: no rows")
     return examples
+
+
+# What datasets / huggingface_hub raise (or wrap in ConnectionError) when the Hub cannot be reached.
+_OFFLINE_ERRORS = {"OfflineModeIsEnabled", "LocalEntryNotFoundError", "ConnectError", "ConnectTimeout", "ReadTimeout",
+                   "TimeoutException", "NameResolutionError", "MaxRetryError"}
+
+
+def _hub_load_error(err: Exception, where: str, name: str, split: str, datasets_version: str) -> Exception:
+    """One line that says why ``datasets.load_dataset`` failed and what to do instead.
+
+    datasets' messages can run to several lines (and its offline error names only a class), so
+    they are flattened; the fix names both spellings, the CLI's ``--data-dir`` and Python's ``data_dir``.
+    """
+    said = " ".join(str(err).split()) or type(err).__name__
+    local = (f"pass --data-dir <folder> (Python: data_dir=<folder>) holding {name}/{split}.json in LLM-Adapters layout "
+             "(e.g. ../shared/data/commonsense), or leave it out for the built-in suite")
+    chain, cause = [], err
+    while cause is not None and len(chain) < 10:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    if any(isinstance(e, (ConnectionError, TimeoutError)) or type(e).__name__ in _OFFLINE_ERRORS for e in chain):
+        return ConnectionError(f"cannot load {where}: the Hugging Face Hub is unreachable ({type(err).__name__}: {said}); "
+                               f"offline, {local}; or go online")
+    if "scripts are no longer supported" in said:  # datasets >= 4 refuses Hub datasets that are a loading script
+        return ValueError(f"cannot load {where}: on the Hub it is a loading script, which datasets {datasets_version} no "
+                          f"longer runs ({said}); {local}, or pip install 'datasets<4'")
+    return ConnectionError(f"could not load {where} from the Hugging Face Hub ({type(err).__name__}: {said}); {local}")
 
 
 def load_task(name: str, split: str = "test", data_dir: str | os.PathLike | None = None,

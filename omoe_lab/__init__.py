@@ -4,7 +4,7 @@
 """
 __version__ = "0.1.0"
 
-from .adapters import AdapterConfig, LoRALinear, MoELoRALinear, OMoELinear  # noqa: E402
+from .adapters import AdapterConfig, LoRALinear, MixLoRAFFN, MoELoRALinear, OMoELinear  # noqa: E402
 from .inject import (  # noqa: E402
     adapter_layers,
     attach_adapters,
@@ -14,8 +14,10 @@ from .inject import (  # noqa: E402
     save_adapters,
     trainable_parameters,
 )
+from .export import export_peft, load_peft_lora  # noqa: E402
 
 __all__ = [
-    "AdapterConfig", "LoRALinear", "MoELoRALinear", "OMoELinear", "adapter_layers", "attach_adapters",
-    "detach_adapters", "load_adapters", "router_aux_loss", "save_adapters", "trainable_parameters",
+    "AdapterConfig", "LoRALinear", "MixLoRAFFN", "MoELoRALinear", "OMoELinear", "adapter_layers", "attach_adapters",
+    "detach_adapters", "export_peft", "load_adapters", "load_peft_lora", "router_aux_loss", "save_adapters",
+    "trainable_parameters",
 ]

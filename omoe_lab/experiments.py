@@ -349,7 +349,7 @@ def analyse_experts(model, tokenizer, examples, config: RunConfig, progress: boo
     checked for orthonormality, which holds by construction. Also returns a 2-D t-SNE of the
     top adapted layer's expert outputs (one row per token × expert).
     """
-    from .analysis import capture_experts, embed, expert_load, routing_entropy, routing_summary, stiefel_error
+    from .analysis import capture_experts, direction_stiefel_error, embed, expert_load, routing_entropy, routing_summary
 
     # the scored prompts, tokenized as the scorers do
     batches = prompt_batches(tokenizer, examples, config.prompt_style)
@@ -365,10 +365,7 @@ def analyse_experts(model, tokenizer, examples, config: RunConfig, progress: boo
             row["load"] = expert_load(layer.gates).tolist()
             row["load_by_task"] = {task: loads for (lname, task), loads in load_by_task.items() if lname == name}
         if layer.orthogonal_outputs is not None:
-            # orthonormality of the directions q_k/‖q_k‖ (only "stiefel" also has unit norms)
-            norms = layer.orthogonal_outputs.norm(dim=-1, keepdim=True)
-            live = norms[..., 0] > 0
-            row["stiefel_error"] = stiefel_error(layer.orthogonal_outputs / norms.clamp_min(1e-30), active=live)
+            row["stiefel_error"] = direction_stiefel_error(layer.orthogonal_outputs)
         rows.append(row)
     top = max(captured.layers.values(), key=lambda layer: (layer.layer_index or 0, layer.name))
     embedding = []

@@ -19,7 +19,11 @@ from torch import nn
 
 from . import __version__
 from .io import atomic_write, atomic_write_text, writable_folder
-from .adapters import LAYER_CLASSES, AdapterConfig, LoRALinear, MoELoRALinear
+from .adapters import LAYER_CLASSES, AdapterConfig, LoRALinear, MixLoRAFFN
+from .adapters.ffn import GATED_MLP_PROJECTIONS, is_gated_mlp
+
+# what attach_adapters swaps in: adapted linears, and (FFN methods) whole gated MLP blocks
+ADAPTER_TYPES = (LoRALinear, MixLoRAFFN)
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -35,30 +39,46 @@ def attach_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
 
     The adapters are initialized so that the model's outputs are unchanged (OMOE_SPEC §4), with
     ``config.seed`` fixing their random init. Attaching twice is refused: detach first.
+
+    FFN methods (``mixlora``, ``omoe_mixlora``): every gated MLP block with a selected projection
+    (gate_proj / up_proj / down_proj) is replaced by a ``MixLoRAFFN`` adapting those projections,
+    and the other selected linears get a plain LoRA (``AdapterConfig.plain_lora_config``). A model
+    without a gated MLP is refused with a ValueError.
     """
     if adapter_layers(model):
         raise ValueError("this model already has adapters; call detach_adapters(model) before attaching new ones")
-    targets = _find_targets(model, config)
-    experts = _experts_per_block(config, sorted({index for _, index in targets if index is not None}))
+    if config.ffn:
+        targets, ffn_blocks = _split_ffn_targets(model, config)
+        experts = _experts_per_block(config, sorted({index for _, index, _ in ffn_blocks if index is not None}))
+    else:
+        targets, ffn_blocks = _find_targets(model, config), []
+        experts = _experts_per_block(config, sorted({index for _, index in targets if index is not None}))
     model._omoe_requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
     model.requires_grad_(False)
-    layer_class = LAYER_CLASSES[config.method]
+    layer_class, layer_config = LAYER_CLASSES[config.method], config
+    if config.ffn:  # the linears outside the gated MLPs get plain LoRAs
+        layer_class, layer_config = LoRALinear, config.plain_lora_config()
+    order = {name: position for position, (name, _) in enumerate(model.named_modules())}
+    swaps = [(name, index, None) for name, index in targets] + list(ffn_blocks)
     with torch.random.fork_rng(devices=[]):
         if config.seed is not None:
             torch.manual_seed(config.seed)
-        for name, index in targets:
+        for name, index, projections in sorted(swaps, key=lambda swap: order[swap[0]]):  # module order
             parent, child = _parent_of(model, name)
             base = getattr(parent, child)
-            num_experts = experts.get(index, config.num_experts) if config.method != "lora" else 1
-            layer = layer_class(base, config, num_experts=num_experts, layer_index=index)
+            if projections is not None:
+                layer = MixLoRAFFN(base, config, experts.get(index, config.num_experts), index, projections)
+            else:
+                num_experts = experts.get(index, config.num_experts) if layer_config.method != "lora" else 1
+                layer = layer_class(base, layer_config, num_experts=num_experts, layer_index=index)
             setattr(parent, child, layer)
     model.omoe_config = config
     return model
 
 
-def adapter_layers(model: nn.Module) -> dict[str, LoRALinear]:
-    """Qualified name → adapter layer, in module order."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+def adapter_layers(model: nn.Module) -> dict[str, LoRALinear | MixLoRAFFN]:
+    """Qualified name → adapter layer (an adapted linear or, FFN methods, an MLP block), in module order."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, ADAPTER_TYPES)}
 
 
 def detach_adapters(model: nn.Module) -> nn.Module:
@@ -76,15 +96,19 @@ def detach_adapters(model: nn.Module) -> nn.Module:
 
 
 def router_aux_loss(model: nn.Module, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean over routed layers of ``λ_lb · load_balance + λ_z · z_loss`` from the last forward.
+    """Mean over routed layers of ``λ_lb · load_balance + λ_z · z_loss + λ_orth · penalty`` from the
+    last forward: the auxiliary term the trainer adds to the task loss.
 
+    ``penalty`` is MoE-LoRA's orthogonality penalty (``AdapterConfig.orthogonality_penalty`` = λ_orth,
+    ``MoELoRALinear``), recorded by the same forward, so a trainer that adds this function's value
+    trains with the penalty without knowing about it. Routed FFN blocks (MixLoRA) count as layers.
     Padding-aware: pass the batch's ``attention_mask`` so padding tokens do not count. Returns 0
     (a tensor) when nothing was recorded (soft routing, eval mode, or zero coefficients).
     """
     losses = [
         loss
         for layer in adapter_layers(model).values()
-        if isinstance(layer, MoELoRALinear) and (loss := layer.aux_loss(attention_mask)) is not None
+        if hasattr(layer, "aux_loss") and (loss := layer.aux_loss(attention_mask)) is not None
     ]
     if not losses:
         return torch.zeros(())
@@ -113,12 +137,17 @@ class ParameterSummary:
         )
 
 
+# (kind, what its parameter names contain), first match wins: a shared expert's A and B are "shared"
+_KINDS = (("shared", "shared_lora_"), ("lora_A", "lora_A"), ("lora_B", "lora_B"), ("router", "router"), ("magnitude", "magnitude"))
+
+
 def trainable_parameters(model: nn.Module) -> ParameterSummary:
-    """Count trainable parameters, split by kind (``lora_A``, ``lora_B``, ``router``, ``magnitude``)."""
+    """Count trainable parameters, split by kind (``lora_A``, ``lora_B``, ``router``, ``magnitude``,
+    and ``shared`` for a shared expert's A and B)."""
     by_kind: dict[str, int] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            kind = next((k for k in ("lora_A", "lora_B", "router", "magnitude") if k in name), "other")
+            kind = next((k for k, part in _KINDS if part in name), "other")
             by_kind[kind] = by_kind.get(kind, 0) + p.numel()
     total = sum(p.numel() for p in model.parameters())
     method = getattr(getattr(model, "omoe_config", None), "method", "none")
@@ -263,6 +292,38 @@ def _find_targets(model: nn.Module, config: AdapterConfig) -> list[tuple[str, in
             f"Linear module names in this model end with: {suffixes}"
         )
     return targets
+
+
+def _split_ffn_targets(
+    model: nn.Module, config: AdapterConfig
+) -> tuple[list[tuple[str, int | None]], list[tuple[str, int | None, tuple[str, ...]]]]:
+    """FFN methods: (plain LoRA targets, [(MLP block name, block index, its selected projections)]).
+
+    A selected linear named ``<mlp>.gate_proj|up_proj|down_proj`` with ``<mlp>`` a gated MLP
+    (``ffn.is_gated_mlp``) goes to that block's experts; every other selected linear gets a LoRA.
+    """
+    gated = {name for name, module in model.named_modules() if is_gated_mlp(module)}
+    if not gated:
+        mlps = sorted({type(m).__name__ for n, m in model.named_modules() if n.rsplit(".", 1)[-1] in ("mlp", "ffn", "feed_forward")})
+        seen = f" (its MLP blocks are {mlps})" if mlps else ""
+        raise ValueError(
+            f"method={config.method!r} puts experts on Llama-style gated MLP blocks (a module with gate_proj, up_proj "
+            f"and down_proj linears and an act_fn); {type(model).__name__} has none{seen}. Use method='moe' or "
+            "'omoe', which adapt single linears"
+        )
+    plain, blocks = [], {}
+    for name, index in _find_targets(model, config):  # after the gated-MLP check: its error says more
+        parent, _, child = name.rpartition(".")
+        if parent in gated and child in GATED_MLP_PROJECTIONS:
+            blocks.setdefault(parent, (index, []))[1].append(child)
+        else:
+            plain.append((name, index))
+    if not blocks:
+        raise ValueError(
+            f"target_modules={config.target_modules!r} selects no projection of a gated MLP; method={config.method!r} "
+            f"needs at least one of {list(GATED_MLP_PROJECTIONS)} (its default is all three)"
+        )
+    return plain, [(name, index, tuple(projections)) for name, (index, projections) in blocks.items()]
 
 
 def _experts_per_block(config: AdapterConfig, blocks: list[int]) -> dict[int, int]:

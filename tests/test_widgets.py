@@ -13,6 +13,7 @@ import torch
 
 import omoe_lab
 from omoe_lab import experiments, viz, widgets
+from omoe_lab.adapters import gram_schmidt
 from omoe_lab.analysis import capture_experts, cka_matrix, mean_pairwise_cosine
 from omoe_lab.data import Example
 from omoe_lab.experiments import RunResult
@@ -44,6 +45,7 @@ class FakeRuns:
 
     def __init__(self, fail: str | None = None, accuracy: float | None = None):
         self.configs, self.fail, self.accuracy = [], fail, accuracy
+        self.finished: set[str] = set()  # like the run cache: a configuration run before replays
 
     def __call__(self, config):
         self.configs.append(config)
@@ -68,8 +70,10 @@ class FakeRuns:
         ] if experts_per_layer > 1 else []
         metrics = {"protocol": "label", "accuracy": accuracy, "per_task": {"boolq": accuracy}, "n": 20,
                    "n_per_task": {"boolq": 20}, "chance": 0.5}
+        replay = config.key() in self.finished
+        self.finished.add(config.key())
         return RunResult(config=dataclasses.asdict(c), key=config.key(), label=config.label(), metrics=metrics,
-                         experts=rows, embedding=embedding)
+                         experts=rows, embedding=embedding, from_cache=replay)
 
 
 def explorer_with(fake, **kwargs):
@@ -82,7 +86,8 @@ def run_with(explorer, method="omoe", experts=4, seed=0):
 
 
 def traces_by_name(figure):
-    return {trace.name: trace for trace in figure.data}
+    """The accuracy lines (or any figure's traces) by name, without the ring around the latest run."""
+    return {trace.name: trace for trace in figure.data if trace.name != widgets.LATEST_RUN}
 
 
 def test_accuracy_figure_collects_every_run_of_the_session():
@@ -263,6 +268,159 @@ def test_displays_as_one_widget_without_a_frontend():
     assert all(any(w is s for w in flat) for s in shown)
 
 
+# --- what the browser draws ---------------------------------------------------------------------
+def decoded(value):
+    """A value of a widget's serialized state as plain numbers (plotly sends arrays as typed buffers)."""
+    if isinstance(value, dict) and "dtype" in value and ("value" in value or "bdata" in value or "buffer" in value):
+        raw = value.get("value", value.get("buffer"))
+        data = base64.b64decode(value["bdata"]) if "bdata" in value else bytes(raw)
+        array = np.frombuffer(data, dtype=value["dtype"])
+        shape = value.get("shape")
+        if shape:
+            array = array.reshape([int(n) for n in str(shape).split(",")] if isinstance(shape, str) else shape)
+        return array
+    return value
+
+
+def displayed_figure(panel):
+    """The FigureWidget a page shows for a ``LiveFigure``: the child its Box's synced state names."""
+    if isinstance(panel.widget, go.FigureWidget):  # a panel that is the figure itself
+        return panel.widget
+    (child,) = panel.widget.get_state()["children"]
+    (figure,) = panel.widget.children
+    assert child == f"IPY_MODEL_{figure.model_id}", "the Box's synced children do not name the figure drawn"
+    return figure
+
+
+def merged(base: dict, update: dict) -> dict:
+    """``update`` merged into ``base`` as plotly.js relayout merges it: keys it does not name are
+    kept, ``None`` (null) removes one; dotted keys (``"title.text"``) address nested ones."""
+    out = dict(base)
+    for key, value in update.items():
+        head, _, rest = key.partition(".")
+        if rest:
+            out[head] = merged(out.get(head) if isinstance(out.get(head), dict) else {}, {rest: value})
+        elif value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+@pytest.fixture
+def front_end(monkeypatch):
+    """``drawn_layout(figure)``: the layout a browser shows for a FigureWidget, i.e. the state its
+    view was rendered from with every relayout sent to it since merged in (the browser never
+    drops a key that a message leaves out)."""
+    sent: dict[str, list[dict]] = {}
+    relayout, update = go.FigureWidget._send_relayout_msg, go.FigureWidget._send_update_msg
+
+    def record_relayout(self, layout_data, source_view_id=None):
+        sent.setdefault(self.model_id, []).append(layout_data)
+        return relayout(self, layout_data, source_view_id)
+
+    def record_update(self, restyle_data, relayout_data, trace_indexes=None, source_view_id=None):
+        sent.setdefault(self.model_id, []).append(relayout_data)
+        return update(self, restyle_data, relayout_data, trace_indexes, source_view_id)
+
+    monkeypatch.setattr(go.FigureWidget, "_send_relayout_msg", record_relayout)
+    monkeypatch.setattr(go.FigureWidget, "_send_update_msg", record_update)
+
+    def drawn_layout(figure) -> dict:
+        layout = figure.get_state()["_widget_layout"]
+        for message in sent.get(figure.model_id, []):
+            layout = merged(layout, message)
+        return layout
+
+    return drawn_layout
+
+
+def test_real_plots_carry_no_placeholder_text_in_the_browser(front_end):
+    explorer = explorer_with(FakeRuns())
+    shown = [displayed_figure(panel) for panel in (explorer.accuracy_plot, explorer.cka_plot, explorer.tsne_plot)]
+    panels = (explorer.accuracy_plot, explorer.cka_plot, explorer.tsne_plot)
+    assert all(front_end(displayed_figure(panel)).get("annotations") for panel in panels)  # "no run yet"
+    run_with(explorer, experts=3)
+    for panel in panels:
+        layout = front_end(displayed_figure(panel))
+        assert not layout.get("annotations"), f"{panel.figure.layout.title.text!r} still shows {layout['annotations']}"
+        assert layout.get("xaxis", {}).get("visible") is not False  # the placeholder hid its axes
+    run_with(explorer, method="lora")  # and back: a placeholder replaces a heatmap
+    assert [a["text"] for a in front_end(displayed_figure(explorer.cka_plot))["annotations"]] == ["a single expert: nothing to compare"]
+    # redrawn in place: the page keeps one FigureWidget per panel (each new one sends it plotly.js again)
+    assert [displayed_figure(panel) for panel in (explorer.accuracy_plot, explorer.cka_plot, explorer.tsne_plot)] == shown
+
+
+def test_a_reloaded_page_draws_the_last_run_not_the_placeholders():
+    # a reload (or reopening the notebook while its kernel runs) renders each figure from the
+    # state synced to the front end, not from the messages sent while the page was open
+    explorer = explorer_with(FakeRuns())
+    run_with(explorer, experts=3)
+    heatmap_state = displayed_figure(explorer.cka_plot).get_state()
+    (heatmap,) = heatmap_state["_widget_data"]
+    assert heatmap["type"] == "heatmap"
+    np.testing.assert_allclose(np.asarray(decoded(heatmap["z"]), dtype=float), layer_cka(29, 3))
+    assert "L29 q_proj" in heatmap_state["_widget_layout"]["title"]["text"]
+    assert len(displayed_figure(explorer.tsne_plot).get_state()["_widget_data"]) == 3  # one cloud per expert
+    accuracy = [t for t in displayed_figure(explorer.accuracy_plot).get_state()["_widget_data"] if t.get("name") == "OMoE"]
+    assert [list(decoded(t["y"])) for t in accuracy] == [pytest.approx([60.0])]
+    assert displayed_figure(explorer.cka_plot) is explorer.cka_figure  # the widget the page shows, not a copy
+
+
+def test_replaying_a_cached_configuration_says_so_and_rings_it():
+    explorer = explorer_with(FakeRuns())
+    run_with(explorer, experts=2)
+    run_with(explorer, experts=4)
+    assert "trained <b>OMoE (stiefel) E=4 soft</b>" in explorer.status.value
+    before = explorer.status.value
+    run_with(explorer, experts=2)  # finished before: replays from the cache, and no point moves
+    status = explorer.status.value
+    assert status != before
+    assert "replayed from cache: <b>OMoE (stiefel) E=2 soft</b>, accuracy 50.0 %" in status
+    assert "already in the plot, ringed" in status and "run 3 of this session" in status
+    (ring,) = [t for t in explorer.accuracy_figure.data if t.name == widgets.LATEST_RUN]
+    assert (list(ring.x), list(ring.y)) == ([2], [pytest.approx(50.0)])
+    assert "replayed from the cache" in ring.hovertemplate
+    omoe = traces_by_name(explorer.accuracy_figure)["OMoE"]
+    assert omoe.line.width == 4 and ring.marker.color == omoe.line.color
+
+    run_with(explorer, method="moe", experts=2)  # the ring and the wide line follow the latest run
+    (ring,) = [t for t in explorer.accuracy_figure.data if t.name == widgets.LATEST_RUN]
+    assert (list(ring.x), list(ring.y)) == ([2], [pytest.approx(25.0)])
+    traces = traces_by_name(explorer.accuracy_figure)
+    assert traces["MoE-LoRA"].line.width == 4 and traces["OMoE"].opacity < 1
+
+
+def test_cka_and_tsne_titles_say_which_layer_and_why():
+    explorer = explorer_with(FakeRuns())
+    run_with(explorer, experts=3)
+    assert "L29 q_proj" in explorer.cka_figure.layout.title.text and "menu" in explorer.cka_figure.layout.title.text
+    tsne_title = explorer.tsne_figure.layout.title.text
+    assert "L29 q_proj" in tsne_title and "only one a run maps" in tsne_title and "CKA shows" not in tsne_title
+
+    explorer.layer.value = LAYERS[0]  # the t-SNE cannot follow: a run maps only its top adapted layer
+    assert "L28 q_proj" in explorer.cka_figure.layout.title.text
+    tsne_title = explorer.tsne_figure.layout.title.text
+    assert "t-SNE of expert outputs, L29 q_proj" in tsne_title and "CKA shows L28 q_proj" in tsne_title
+
+
+def description_fits(control) -> bool:
+    """Whether a control's label shows whole: sized to its text, or ~8 px a character at most."""
+    width = control.style.description_width
+    if width == "initial":
+        return True
+    return width.endswith("px") and float(width[:-2]) >= 8 * len(control.description)
+
+
+def test_control_labels_are_not_cut():
+    explorer = explorer_with(FakeRuns())
+    labelled = [explorer.experts, explorer.method, explorer.routing, explorer.top_k, explorer.orthogonalize, explorer.seed,
+                explorer.layer]
+    assert [c.description for c in labelled if not description_fits(c)] == []
+
+
 # --- LayerExplorer on a tiny random Llama -----------------------------------------------------
 EXAMPLES = [
     Example("boolq", "Is the sky blue on a clear day?", ("true", "false"), 0),
@@ -273,15 +431,18 @@ EXAMPLES = [
 ]
 
 
-def tiny_model(method: str):
+def tiny_base():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(
+    return LlamaForCausalLM(LlamaConfig(
         vocab_size=352, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=256,
     )).eval()
-    return omoe_lab.attach_adapters(model, omoe_lab.AdapterConfig(method=method, num_experts=3, rank=4))
+
+
+def tiny_model(method: str, **adapter):
+    return omoe_lab.attach_adapters(tiny_base(), omoe_lab.AdapterConfig(method=method, num_experts=3, rank=4, **adapter))
 
 
 @pytest.fixture(scope="module")
@@ -337,3 +498,161 @@ def test_layer_explorer_needs_adapters(tokenizer):
                                         num_attention_heads=4, num_key_value_heads=2))
     with pytest.raises(ValueError, match="no adapter layers"):
         widgets.LayerExplorer(bare, tokenizer, EXAMPLES)
+
+
+def assert_same_rows(explorer, rows):
+    """The explorer's measures of every layer equal ``experiments.analyse_experts``' rows."""
+    for row in rows:
+        mine = explorer.analyse(row["layer"])
+        assert mine["tokens"] == row["tokens"]
+        np.testing.assert_allclose(mine["cka"], row["cka"], rtol=1e-6, atol=1e-9)
+        for key in ("mean_abs_cosine", "mean_cka", "mean_cka_debiased", "effective_rank", "routing_entropy", "stiefel_error"):
+            assert mine[key] == pytest.approx(row[key], rel=1e-6, abs=1e-12), key
+
+
+def test_layer_explorer_captures_the_scored_prompts_as_the_runs_do(tokenizer):
+    # the same tokens as experiments.analyse_experts (and so as ExpertCountExplorer's CKA panel):
+    # the scored prompts without their answers, tokenized by experiments.prompt_batches
+    model = tiny_model("omoe")
+    config = experiments.RunConfig(method="omoe", num_experts=3, profile="ci", prompt_style="cloze", capture_tokens=64, seed=0)
+    rows, _ = experiments.analyse_experts(model, tokenizer, EXAMPLES, config, progress=False)
+    explorer = widgets.LayerExplorer(model, tokenizer, EXAMPLES, max_tokens=64, prompt_style="cloze", seed=0)
+    assert [b["input_ids"].tolist() for b in explorer.batches] == [
+        b["input_ids"].tolist() for b in experiments.prompt_batches(tokenizer, EXAMPLES, "cloze")]
+    assert_same_rows(explorer, rows)
+
+
+def test_layer_explorer_says_which_model_it_shows(tokenizer):
+    explorer = widgets.LayerExplorer(tiny_model("omoe"), tokenizer, EXAMPLES[:2], max_tokens=32)
+    assert "OMoE (stiefel) E=3 soft" in explorer.heading.value
+    assert "OMoE (stiefel) E=3 soft" in explorer.cka_figure.layout.title.text
+    assert "OMoE (stiefel) E=3 soft" in explorer.routing_figure.layout.title.text
+    moe = widgets.LayerExplorer(tiny_model("moe", top_k=2), tokenizer, EXAMPLES[:2], max_tokens=32)
+    assert "MoE-LoRA E=3 top-2" in moe.heading.value
+    named = widgets.LayerExplorer(tiny_model("omoe"), tokenizer, EXAMPLES[:2], max_tokens=32, label="my run")
+    assert "my run" in named.heading.value and "my run" in named.cka_figure.layout.title.text
+
+
+@pytest.mark.parametrize("mode", ["orthogonal", "norm_preserving"])
+def test_layer_explorer_stiefel_error_is_that_of_the_directions(tokenizer, mode):
+    # only "stiefel" makes the q_k unit length: under the other modes the raw q's QᵀQ is their
+    # lengths squared, an O(1) "error" that says nothing about orthogonality
+    explorer = widgets.LayerExplorer(tiny_model("omoe", orthogonalize=mode), tokenizer, EXAMPLES, max_tokens=64)
+    error = explorer.analyse(explorer.layer.value)["stiefel_error"]
+    assert error < 1e-5
+    assert f"Stiefel error: {error:.3g}" in explorer.status.value
+
+
+def test_layer_explorer_from_a_run_shows_the_runs_numbers(tokenizer, tmp_path):
+    trained = tiny_model("omoe", orthogonalize="norm_preserving")
+    with torch.no_grad():  # as if trained: m != 0, so the adapters change the model's outputs
+        for layer in omoe_lab.adapter_layers(trained).values():
+            layer.magnitude.fill_(0.5)
+    omoe_lab.save_adapters(trained, tmp_path / "adapters")
+    config = experiments.RunConfig(method="omoe", num_experts=3, orthogonalize="norm_preserving", profile="ci",
+                                   tasks=("boolq",), eval_per_task=4, capture_tokens=48, seed=1)
+    result = RunResult(config=dataclasses.asdict(config.resolved()), key=config.key(), label=config.label(), metrics={},
+                       folder=str(tmp_path))
+    rows, _ = experiments.analyse_experts(trained, tokenizer, experiments.test_examples(config), config.resolved(), progress=False)
+
+    explorer = widgets.LayerExplorer.from_run(result, tiny_base(), tokenizer)
+    assert (explorer.max_tokens, explorer.seed, explorer.prompt_style) == (48, 1, "cloze")
+    assert "OMoE (norm_preserving) E=3 soft (profile ci)" in explorer.heading.value
+    assert_same_rows(explorer, rows)
+
+
+def test_layer_explorer_warns_that_max_length_no_longer_applies(tokenizer):
+    with pytest.warns(FutureWarning, match="max_length"):
+        widgets.LayerExplorer(tiny_model("omoe"), tokenizer, EXAMPLES[:2], max_tokens=16, max_length=64)
+
+
+# --- GramSchmidtGeometry: three experts in 3-D --------------------------------------------------
+def line(figure, group):
+    """The line trace of arrow ``group`` ("e1" … "q3")."""
+    return next(t for t in figure.data if t.meta == group and t.type == "scatter3d")
+
+
+def cone(figure, group):
+    return next(t for t in figure.data if t.meta == group and t.type == "cone")
+
+
+def expected_q(geometry) -> torch.Tensor:
+    """``gram_schmidt`` of the experts taken in the widget's order, back in expert-index order."""
+    order = list(geometry.order.value)
+    q = torch.empty(3, 3, dtype=torch.float64)
+    q[order] = gram_schmidt(geometry.expert_vectors()[order], mode=geometry.mode.value, tol=geometry.tol.value)
+    return q
+
+
+def test_geometry_moving_a_slider_redraws_in_place_and_for_a_reload():
+    geometry = widgets.GramSchmidtGeometry()
+    figure = geometry.figure
+    q_before = geometry.drawn_q()
+    geometry.azimuth[0].value = 100.0
+    assert geometry.figure is figure  # edited in place: no new view, the user's 3-D camera stays
+    e1 = line(figure, "e1")
+    np.testing.assert_allclose([e1.x[1], e1.y[1], e1.z[1]], widgets.spherical_vector(100.0, 10.0, 1.5).tolist(), rtol=0, atol=1e-15)
+    assert not torch.allclose(geometry.drawn_q(), q_before)  # e1 leads Gram–Schmidt: every q moves
+    # and a reloaded page draws the moved arrow, not the first one
+    synced = next(t for t in displayed_figure(geometry.plot).get_state()["_widget_data"]
+                  if t.get("meta") == "e1" and t["type"] == "scatter3d")
+    assert list(decoded(synced["x"])) == pytest.approx(list(e1.x), abs=1e-15)
+    geometry.length[2].value = 0.5
+    assert float(torch.tensor([line(figure, "e3")[axis][1] for axis in "xyz"]).norm()) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("mode", ["stiefel", "orthogonal", "norm_preserving"])
+def test_geometry_draws_gram_schmidts_own_output_in_every_mode_and_order(mode):
+    geometry = widgets.GramSchmidtGeometry(mode=mode)
+    firsts = []
+    for order in widgets.ORDERS:
+        geometry.order.value = order
+        drawn = geometry.drawn_q()
+        torch.testing.assert_close(drawn, expected_q(geometry), atol=1e-12, rtol=0)
+        first = order[0]  # the first expert visited keeps its own direction
+        e = geometry.expert_vectors()[first]
+        assert float(torch.linalg.cross(drawn[first], e).norm()) < 1e-12
+        firsts.append(drawn)
+        if mode == "stiefel":
+            assert drawn.norm(dim=-1).tolist() == pytest.approx([1.0, 1.0, 1.0], abs=1e-12)
+        if mode == "norm_preserving":
+            assert drawn.norm(dim=-1).tolist() == pytest.approx(geometry.expert_vectors().norm(dim=-1).tolist(), abs=1e-12)
+    assert not torch.allclose(firsts[0], firsts[-1])  # the order matters
+    geometry.mode.value = "stiefel" if mode != "stiefel" else "orthogonal"  # the menu redraws too
+    torch.testing.assert_close(geometry.drawn_q(), expected_q(geometry), atol=1e-12, rtol=0)
+
+
+def test_geometry_parallel_experts_make_the_later_one_redundant():
+    geometry = widgets.GramSchmidtGeometry()
+    geometry.align_button.click()  # e2 gets e1's direction, keeps its length
+    q = geometry.drawn_q()
+    assert torch.count_nonzero(q[1]) == 0 and q[0].norm() > 0 and q[2].norm() > 0
+    assert line(geometry.figure, "q2").name == "q2 = 0 (redundant)" and cone(geometry.figure, "q2").visible is False
+    assert "redundant: q = 0" in geometry.readout.value
+    torch.testing.assert_close(q, expected_q(geometry), atol=1e-12, rtol=0)
+
+    geometry.order.value = (1, 0, 2)  # e2 first: now e1 is the one with nothing of its own
+    q = geometry.drawn_q()
+    assert torch.count_nonzero(q[0]) == 0 and q[1].norm() > 0
+
+    # the threshold: 2° apart, the relative residual is sin(angle) — live at tol 1e-4, redundant at 0.1
+    geometry.order.value = (0, 1, 2)
+    geometry.azimuth[1].value = geometry.azimuth[0].value + 2
+    e = geometry.expert_vectors()
+    sine = float(torch.linalg.cross(e[0], e[1]).norm() / (e[0].norm() * e[1].norm()))
+    assert widgets.relative_residuals(e, geometry.tol.value)[1] == pytest.approx(sine, abs=1e-12)
+    assert geometry.drawn_q()[1].norm() > 0 and f"{sine:.2e} > tol" in geometry.readout.value
+    geometry.tol.value = 0.1
+    assert torch.count_nonzero(geometry.drawn_q()[1]) == 0 and f"{sine:.2e} ≤ tol" in geometry.readout.value
+
+
+def test_geometry_without_figurewidget_draws_static_figures(monkeypatch):
+    def no_figure_widget(*args, **kwargs):
+        raise ImportError("anywidget is not installed")
+
+    monkeypatch.setattr(widgets.go, "FigureWidget", no_figure_widget)
+    geometry = widgets.GramSchmidtGeometry()
+    geometry.align_button.click()
+    (output,) = geometry.plot.widget.outputs
+    assert "application/vnd.plotly.v1+json" in output["data"]
+    assert torch.count_nonzero(geometry.drawn_q()[1]) == 0

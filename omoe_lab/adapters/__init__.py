@@ -1,15 +1,20 @@
-"""The maths: LoRA, vanilla MoE-LoRA and OMoE layers that wrap an unmodified linear."""
-from .config import METHODS, ORTHOGONALIZE_MODES, AdapterConfig
+"""The maths: LoRA, vanilla MoE-LoRA and OMoE layers that wrap an unmodified linear, and MixLoRA's
+experts over whole gated MLP blocks (``ffn.MixLoRAFFN``)."""
+from .config import FFN_METHODS, METHODS, ORTHOGONALIZE_MODES, AdapterConfig
+from .ffn import MixLoRAFFN, is_gated_mlp
 from .lora import LoRALinear, linear_shape
 from .moe import MoELoRALinear
 from .omoe import OMoELinear
-from .orthogonal import expert_gram, gram_schmidt, gram_schmidt_weights
-from .routing import load_balancing_loss, router_z_loss, routing_gates
+from .orthogonal import cosine_penalty, expert_gram, gram_schmidt, gram_schmidt_weights
+from .routing import (
+    load_balancing_loss, mean_real_experts, real_expert_gates, router_z_loss, routing_gates,
+)
 
-LAYER_CLASSES = {"lora": LoRALinear, "moe": MoELoRALinear, "omoe": OMoELinear}
+LAYER_CLASSES = {"lora": LoRALinear, "moe": MoELoRALinear, "omoe": OMoELinear, "mixlora": MixLoRAFFN, "omoe_mixlora": MixLoRAFFN}
 
 __all__ = [
-    "AdapterConfig", "LAYER_CLASSES", "LoRALinear", "METHODS", "MoELoRALinear", "OMoELinear",
-    "ORTHOGONALIZE_MODES", "expert_gram", "gram_schmidt", "gram_schmidt_weights", "linear_shape",
-    "load_balancing_loss", "router_z_loss", "routing_gates",
+    "AdapterConfig", "FFN_METHODS", "LAYER_CLASSES", "LoRALinear", "METHODS", "MixLoRAFFN", "MoELoRALinear",
+    "OMoELinear", "ORTHOGONALIZE_MODES", "cosine_penalty", "expert_gram", "gram_schmidt", "gram_schmidt_weights",
+    "is_gated_mlp", "linear_shape", "load_balancing_loss", "mean_real_experts", "real_expert_gates",
+    "router_z_loss", "routing_gates",
 ]

@@ -19,6 +19,17 @@ def linear_shape(module: nn.Module) -> tuple[int, int]:
     raise TypeError(f"adapters wrap nn.Linear (or transformers Conv1D), not {type(module).__name__}")
 
 
+def init_lora(lora_A: torch.Tensor, lora_B: torch.Tensor, b_init_std: float | None) -> None:
+    """``A ~ U(±1/√d_in)`` (Kaiming-uniform, as in LoRA; ``d_in`` = A's last dimension);
+    ``B ~ N(0, b_init_std²)``, or ``B = 0`` when ``b_init_std`` is 0 or None (the adapter starts at zero)."""
+    bound = 1.0 / math.sqrt(lora_A.shape[-1])
+    nn.init.uniform_(lora_A, -bound, bound)
+    if b_init_std:
+        nn.init.normal_(lora_B, std=b_init_std)
+    else:
+        nn.init.zeros_(lora_B)
+
+
 class LoRALinear(nn.Module):
     """``y = W0 x + s · Σ_i w_i B_i A_i x`` over E rank-r experts; plain LoRA is E = 1, w = 1.
 
@@ -26,9 +37,15 @@ class LoRALinear(nn.Module):
     ``scaling`` = alpha / r. The frozen ``base_layer`` is kept unmodified. Subclasses only change
     the mixing weights ``w`` (a router for MoE-LoRA, Gram–Schmidt for OMoE); the expensive work
     is always two matmuls of a rank-(E·r) LoRA.
+
+    *Slots*: the experts the final matmul mixes. They are the E routed experts, preceded by the
+    ``num_shared`` shared experts (0 or 1, ``shared_lora_A`` / ``shared_lora_B``, MoE subclasses
+    only) when there are any; ``expert_outputs`` and the gates stay those of the routed experts,
+    which is what the analysis pairs.
     """
 
     method = "lora"
+    num_shared = 0  # MoELoRALinear sets 1 with AdapterConfig(shared_expert=True)
 
     def __init__(self, base_layer: nn.Module, config: AdapterConfig, num_experts: int = 1, layer_index: int | None = None):
         super().__init__()
@@ -52,12 +69,7 @@ class LoRALinear(nn.Module):
     def reset_parameters(self) -> None:
         """A ~ U(±1/√d_in) (Kaiming-uniform, as in LoRA); B = 0, so the adapter starts at zero,
         unless ``config.b_init_std`` asks for a random B."""
-        bound = 1.0 / math.sqrt(self.in_features)
-        nn.init.uniform_(self.lora_A, -bound, bound)
-        if self.config.b_init_std:
-            nn.init.normal_(self.lora_B, std=self.config.b_init_std)
-        else:
-            nn.init.zeros_(self.lora_B)
+        init_lora(self.lora_A, self.lora_B, self.config.b_init_std)
 
     # --- the maths, per token -------------------------------------------------------------
     def expert_inputs(self, x: torch.Tensor) -> torch.Tensor:
@@ -72,25 +84,44 @@ class LoRALinear(nn.Module):
         """Raw expert outputs ``e_i = B_i A_i x``: [..., E, d_out] (materialized: analysis only)."""
         return torch.einsum("...er,eor->...eo", self.expert_inputs(x), self.lora_B)
 
+    # --- slots: shared experts first, then the routed ones --------------------------------------
+    def slot_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """``a`` of every slot [..., S + E, r]: the shared experts' ``A_s x``, then the routed ``A_i x``."""
+        a = self.expert_inputs(x)
+        if not self.num_shared:
+            return a
+        shared = torch.einsum("...d,erd->...er", x.to(self.lora_A.dtype), self.shared_lora_A)
+        return torch.cat([shared, a], dim=-2)
+
+    def slot_B(self) -> torch.Tensor:
+        """``B`` of every slot [S + E, d_out, r], in the order of ``slot_inputs``."""
+        return self.lora_B if not self.num_shared else torch.cat([self.shared_lora_B, self.lora_B])
+
+    def slot_outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw outputs of every slot [..., S + E, d_out] (materialized: references and analysis only)."""
+        return torch.einsum("...er,eor->...eo", self.slot_inputs(x), self.slot_B())
+
     def mixing_weights(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor | None:
-        """Per-token weights w [..., E] of the experts in the output (None: all ones)."""
+        """Per-token weights w [..., S + E] of the slots in the output (None: all ones)."""
         return None
 
     def mixed_inputs(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        """``w ⊙ a`` [..., E, r], what the final matmul with ``B_cat`` mixes."""
+        """``w ⊙ a`` [..., S + E, r], what the final matmul with ``B_cat`` mixes."""
         weights = self.mixing_weights(x, a)
         return a if weights is None else a * weights.to(a.dtype).unsqueeze(-1)
 
     def adapter_output(self, x: torch.Tensor) -> torch.Tensor:
         """The added term ``s · Σ_i w_i B_i a_i`` = ``s · B_cat (w ⊙ a)``, without forming any e_i.
 
-        Dropout acts on the experts' input only, ``a_i = A_i dropout(x)``; the router sees the clean
-        ``x`` (as in MixLoRA and PEFT-style mixtures), so the gates of a training step are exactly
-        ``route(x)``. OMoE's Gram is that of the dropped-out ``a``: the outputs actually mixed.
+        The sum runs over the slots: a shared expert is one more column block of ``B_cat``, so it
+        costs no extra matmul. Dropout acts on the experts' input only, ``a_i = A_i dropout(x)``;
+        the router sees the clean ``x`` (as in MixLoRA and PEFT-style mixtures), so the gates of a
+        training step are exactly ``route(x)``. OMoE's Gram is that of the dropped-out ``a``: the
+        outputs actually mixed.
         """
         x = x.to(self.lora_A.dtype)
-        a = self.mixed_inputs(x, self.expert_inputs(self.dropout(x)))
-        return self.scaling * torch.einsum("...er,eor->...o", a, self.lora_B)
+        a = self.mixed_inputs(x, self.slot_inputs(self.dropout(x)))
+        return self.scaling * torch.einsum("...er,eor->...o", a, self.slot_B())
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         # shape and dtype are Python-level facts: checking them costs no host synchronization

@@ -20,6 +20,11 @@ class OMoELinear(MoELoRALinear):
     output is then ``s · m · B_cat (w ⊙ a)``, the same final matmul as vanilla MoE-LoRA.
     ``orthogonal_outputs`` is the materialized reference and must agree with it.
 
+    Shared expert (``AdapterConfig.shared_expert``): it is slot 0, first in the Gram–Schmidt order,
+    with gate 1 for every token: its direction is kept as it is, and the routed experts are
+    orthogonalized against it (they can only add what the shared expert does not already do).
+    Null experts: Gram–Schmidt runs over the selected *real* experts; a null slot has no output.
+
     Init (OMOE_SPEC §4): ``B`` small random, so every expert has a direction from step 0, and
     the learnable magnitude ``m`` (one scalar per layer) starts at 0, so the model starts as the
     base model. ``m`` gets a gradient at step 1, everything else from step 2.
@@ -66,10 +71,15 @@ class OMoELinear(MoELoRALinear):
         check_resolvable_tol(tol, gram_dtype, fixes)
         return gram_dtype
 
+    def slot_orthogonal_outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """``q_k`` of every slot [..., S + E, d_out] (shared expert first) by explicit Gram–Schmidt
+        on the materialized outputs: the reference the fast path is tested against."""
+        gates, active = self.slot_gates(x)
+        return gram_schmidt(self.slot_outputs(x), active, self.orthogonalize, self.redundancy_tol)
+
     def orthogonal_outputs(self, x: torch.Tensor) -> torch.Tensor:
-        """``q_k`` [..., E, d_out] by explicit Gram–Schmidt on the materialized experts (reference)."""
-        gates, active = self.route_with_mask(x)
-        return gram_schmidt(self.expert_outputs(x), active, self.orthogonalize, self.redundancy_tol)
+        """``q_k`` of the routed experts [..., E, d_out] (after the shared expert, if any), reference."""
+        return self.slot_orthogonal_outputs(x)[..., self.num_shared :, :]
 
     def mixed_inputs(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """``w ⊙ a``, formed in the Gram's dtype from the very tensor the Gram is built from.
@@ -85,22 +95,22 @@ class OMoELinear(MoELoRALinear):
         return (wide * self.mixing_weights(x, wide).unsqueeze(-1)).to(a.dtype)
 
     def mixing_weights(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        """``m · w`` [..., E] in the Gram's dtype, from the rank-space Gram of ``a`` (cast to that dtype)."""
-        gates, active = self.route_with_mask(x)
-        lead = a.shape[:-2]
-        flat_a = a.reshape(-1, self.num_experts, self.rank)
+        """``m · w`` [..., S + E] in the Gram's dtype, from the rank-space Gram of the slots' ``a``."""
+        gates, active = self.slot_gates(x)
+        lead, slots = a.shape[:-2], a.shape[-2]
+        flat_a = a.reshape(-1, slots, self.rank)
         gram_dtype = self.check_gram_precision(a.device)
         # the Gram and its factorizations run in gram_dtype outside autocast: tiny, and precision-bound
         with torch.autocast(device_type=a.device.type, enabled=False):
-            gram = expert_gram(flat_a, self.lora_B, gram_dtype)
+            gram = expert_gram(flat_a, self.slot_B(), gram_dtype)
             weights = gram_schmidt_weights(
                 gram,
-                gates.reshape(-1, self.num_experts),
-                active.reshape(-1, self.num_experts),
+                gates.reshape(-1, slots),
+                active.reshape(-1, slots),
                 self.orthogonalize,
                 self.redundancy_tol,
             )
-        return (self.magnitude.to(weights.dtype) * weights).reshape(*lead, self.num_experts)
+        return (self.magnitude.to(weights.dtype) * weights).reshape(*lead, slots)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", orthogonalize={self.orthogonalize}"

@@ -80,6 +80,28 @@ def expert_gram(a: torch.Tensor, lora_B: torch.Tensor, dtype: torch.dtype = torc
     return (metric_a * a.unsqueeze(1)).sum(-1)
 
 
+def cosine_penalty(gram: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    """Per-token mean squared cosine between the active experts' outputs, from their Gram matrix.
+
+    ``gram`` [N, E, E] (``expert_gram``: rank space, no e_i formed), ``active`` [N, E] → [N]:
+
+        pen_t = Σ_{i≠j} act_i act_j · cos²_ij / Σ_{i≠j} act_i act_j,   cos²_ij = G_ij² / (G_ii G_jj).
+
+    Squared, so it is smooth at the orthogonal optimum and cannot be lowered by anti-aligning
+    experts (a signed mean of cosines could). A token with fewer than two active experts has no
+    pair and gets 0. A zero expert (``G_ii = 0``: MoE-LoRA's B = 0 start) has no direction: its
+    cosines count as 0 and give no gradient, where ``0/0`` would give NaN.
+    """
+    squared_norms = gram.diagonal(dim1=-2, dim2=-1)
+    nonzero = squared_norms > 0
+    inv_norm = torch.where(nonzero, torch.where(nonzero, squared_norms, 1.0).rsqrt(), 0.0)
+    cosines = gram * inv_norm[..., :, None] * inv_norm[..., None, :]
+    off_diagonal = ~torch.eye(gram.shape[-1], dtype=torch.bool, device=gram.device)
+    pairs = active[..., :, None] & active[..., None, :] & off_diagonal
+    count = pairs.sum(dim=(-2, -1)).clamp_min(1)
+    return (cosines.square() * pairs).sum(dim=(-2, -1)) / count
+
+
 def resolvable_tol(dtype: torch.dtype) -> float:
     """Smallest redundancy ``tol`` a Gram matrix in ``dtype`` resolves: ``100·√eps`` (float64 1.49e-6,
     float32 3.45e-2).

@@ -15,10 +15,10 @@ from .routing_stats import (
     topk_frequency,
 )
 from .similarity import cka_matrix, linear_cka, mean_pairwise_cosine, median_distance, pairwise_cosine, rbf_cka
-from .stiefel import assert_on_stiefel, default_stiefel_tolerance, stiefel_error, stiefel_error_per_token
+from .stiefel import assert_on_stiefel, default_stiefel_tolerance, direction_stiefel_error, stiefel_error, stiefel_error_per_token
 
 __all__ = [
-    "Captured", "LayerCapture", "assert_on_stiefel", "capture_experts", "cka_matrix", "default_stiefel_tolerance",
+    "Captured", "LayerCapture", "assert_on_stiefel", "capture_experts", "cka_matrix", "default_stiefel_tolerance", "direction_stiefel_error",
     "effective_rank", "embed", "expert_effective_rank", "expert_load", "linear_cka", "mean_pairwise_cosine",
     "median_distance", "pairwise_cosine", "rbf_cka", "reservoir_slots", "routing_entropy", "routing_summary",
     "select_layers", "stiefel_error", "stiefel_error_per_token", "topk_frequency", "tsne_perplexity",

@@ -87,3 +87,15 @@ def assert_on_stiefel(Q, active=None, tol: float | None = None) -> float:
     if not error <= tol:
         raise AssertionError(f"expert outputs are not orthonormal: Stiefel error {error:.3g} > tolerance {tol:.3g}")
     return error
+
+
+def direction_stiefel_error(orthogonal_outputs) -> float:
+    """Stiefel error of the directions ``q_k / ‖q_k‖`` over the live (non-zero) experts.
+
+    Only ``"stiefel"`` also makes the q_k unit length; the raw q_k of ``"orthogonal"`` and
+    ``"norm_preserving"`` keep their lengths, which ``stiefel_error`` would report as error, so
+    orthogonality of those modes is checked on their directions.
+    """
+    q = as_float64(orthogonal_outputs, "orthogonal_outputs")
+    norms = q.norm(dim=-1, keepdim=True)
+    return stiefel_error(q / norms.clamp_min(1e-300), active=norms[..., 0] > 0)

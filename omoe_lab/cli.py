@@ -9,9 +9,11 @@ from pathlib import Path
 
 from .data.tasks import TASK_NAMES
 from .experiments import PROFILES
+from .adapters.config import ORTHOGONAL_METHODS
 from .io import writable_folder
 
 METHOD_HELP = "lora (one LoRA of rank E·r), moe (vanilla MoE-LoRA), omoe (orthogonal experts)"
+VARIANT_HELP = METHOD_HELP + ", mixlora (MixLoRA: experts over whole FFN blocks), omoe_mixlora (MixLoRA with OMoE's orthogonalization)"
 PROTOCOL_HELP = (
     "loglik: the option with the highest per-token log-likelihood (default); label: the answer label (A/B/true) "
     "with the highest logit; generate: parse greedy output. Training teaches what the protocol scores."
@@ -56,13 +58,14 @@ def _check_arguments(args) -> None:
     at_least_one("--limit", getattr(args, "limit", None))
     at_least_one("--batch-size", getattr(args, "batch_size", None))
     top_k = getattr(args, "top_k", None)
-    if top_k is not None and getattr(args, "method", None) != "lora" and not 1 <= top_k <= args.num_experts:
+    slots = getattr(args, "num_experts", 0) + (getattr(args, "null_experts", 0) or 0)
+    if top_k is not None and getattr(args, "method", None) != "lora" and not 1 <= top_k <= slots:
         raise ValueError(
-            f"--top-k {top_k} must be between 1 and --num-experts ({args.num_experts}); "
+            f"--top-k {top_k} must be between 1 and --num-experts ({args.num_experts}) + --null-experts; "
             "leave --top-k out for soft routing over every expert"
         )
     b_init_std = getattr(args, "b_init_std", None)
-    if b_init_std is not None and (b_init_std < 0 or (b_init_std == 0 and args.method == "omoe")):
+    if b_init_std is not None and (b_init_std < 0 or (b_init_std == 0 and args.method in ORTHOGONAL_METHODS)):
         raise ValueError(f"--b-init-std must be >= 0 (> 0 for --method omoe), got {b_init_std}; leave it out for the method's default")
     if getattr(args, "tasks", None) is not None:
         from .data.tasks import check_task
@@ -110,7 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train and evaluate one configuration; saves its adapters",
                            description="Train one method, evaluate it and save adapters + result.json under --out.")
     _add_run_options(train)
-    train.add_argument("--method", default="omoe", choices=["lora", "moe", "omoe"], help=METHOD_HELP)
+    train.add_argument("--method", default="omoe", choices=["lora", "moe", "omoe", "mixlora", "omoe_mixlora"], help=VARIANT_HELP)
+    train.add_argument("--shared-expert", action="store_true", help="moe/omoe: an always-active expert beside the routed ones (DeepSeekMoE)")
+    train.add_argument("--null-experts", type=int, default=0, help="top-k over E real + N null experts that output zero (AdaMoE)")
+    train.add_argument("--orthogonality-penalty", type=float, default=0.0,
+                       help="moe: λ · mean squared per-token cosine of the active experts' outputs, added to the loss")
     train.add_argument("--top-k", type=int, default=None, help="route each token to its k best experts (default: soft routing)")
     train.add_argument("--orthogonalize", default="stiefel", choices=["stiefel", "orthogonal", "norm_preserving"],
                        help="OMoE mode: unit orthonormal outputs, unnormalized residuals, or orthogonal with each expert's own norm")
@@ -255,7 +262,8 @@ def _train(args) -> int:
 
     common = _common(args)
     config = RunConfig(method=args.method, num_experts=args.num_experts, top_k=args.top_k, orthogonalize=args.orthogonalize,
-                       seed=args.seed, b_init_std=args.b_init_std, **common)
+                       seed=args.seed, b_init_std=args.b_init_std, shared_expert=args.shared_expert, null_experts=args.null_experts,
+                       orthogonality_penalty=args.orthogonality_penalty, **common)
     out = _out_dir(args, "train")
     if args.log_with:
         from .train import LOGS_FOLDER, log_training_to

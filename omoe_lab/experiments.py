@@ -25,7 +25,7 @@ import pandas as pd
 
 from . import __version__
 from .adapters import AdapterConfig
-from .adapters.config import DEFAULT_B_INIT_STD, METHODS
+from .adapters.config import DEFAULT_B_INIT_STD, METHODS, ORTHOGONAL_METHODS
 from .analysis.diversity import layer_diversity
 from .analysis.stats import paired_test, t_interval, wilson_interval  # noqa: F401 (paired_test: public here too)
 from .data.collate import encode_prompt, pad_rows, pad_token_id
@@ -44,7 +44,8 @@ SCHEMA_VERSION = 2
 # The prompt style of loglik runs (training and scoring), chosen by measurement (docs/decisions.md);
 # the label and generate protocols need the listed options
 DEFAULT_PROMPT_STYLE = {"loglik": "cloze", "label": "listed", "generate": "listed"}
-TEST_SUBSET_SEED = 0  # one fixed random subset of each task's test split for every run and seed
+TEST_SUBSET_SEED = 0
+VARIANT_DEFAULTS = {"shared_expert": False, "null_experts": 0, "orthogonality_penalty": 0.0}  # one fixed random subset of each task's test split for every run and seed
 
 @dataclass(frozen=True)
 class Profile:
@@ -129,6 +130,10 @@ class RunConfig:
     b_init_std: float | None = None  # AdapterConfig's (None: the method's default); > 0 for "moe" is the random-start control
     prompt_style: str | None = None  # None: cloze under loglik, listed under label / generate
     diversity_every: int | None = None  # measure the experts' diversity every K training steps
+    # the variants (AdapterConfig's): an always-active expert, null experts, an orthogonality penalty
+    shared_expert: bool = False
+    null_experts: int = 0
+    orthogonality_penalty: float = 0.0
 
     def check(self) -> None:
         """Refuse a configuration that cannot run, before any model is loaded or trained."""
@@ -144,8 +149,9 @@ class RunConfig:
             raise ValueError(f"the cloze prompt does not show the options, so protocol {self.protocol!r} cannot name them: use loglik")
         if self.method != "none" and self.num_experts < 1:
             raise ValueError(f"num_experts must be >= 1, got {self.num_experts}")
-        if self.method in ("moe", "omoe") and self.top_k is not None and not 1 <= self.top_k <= self.num_experts:
-            raise ValueError(f"top_k={self.top_k} must be between 1 and num_experts={self.num_experts}")
+        if self.method not in ("none", "lora") and self.top_k is not None and not 1 <= self.top_k <= self.num_experts + self.null_experts:
+            raise ValueError(f"top_k={self.top_k} must be between 1 and num_experts={self.num_experts}"
+                             + (f" + null_experts={self.null_experts}" if self.null_experts else ""))
 
     def resolved(self) -> "RunConfig":
         """A copy with every size filled from the profile (and the profile's name fixed)."""
@@ -160,7 +166,7 @@ class RunConfig:
         values["prompt_style"] = self.prompt_style or DEFAULT_PROMPT_STYLE[self.protocol]
         values["tasks"] = tuple(values["tasks"])
         values["target_modules"] = tuple(values["target_modules"])
-        if self.method in ("lora", "moe", "none"):
+        if self.method not in ORTHOGONAL_METHODS:
             values["orthogonalize"] = None
         if self.method in ("lora", "none"):
             values["top_k"] = None
@@ -171,7 +177,11 @@ class RunConfig:
         return RunConfig(**values)
 
     def key(self) -> str:
-        payload = json.dumps({"version": __version__, "schema": SCHEMA_VERSION, **dataclasses.asdict(self.resolved())}, sort_keys=True, default=list)
+        fields = dataclasses.asdict(self.resolved())
+        for name, default in VARIANT_DEFAULTS.items():  # left out at their defaults: older keys stay valid
+            if fields[name] == default:
+                del fields[name]
+        payload = json.dumps({"version": __version__, "schema": SCHEMA_VERSION, **fields}, sort_keys=True, default=list)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def adapter_config(self, num_blocks: int) -> AdapterConfig:
@@ -182,6 +192,7 @@ class RunConfig:
             method=c.method, num_experts=max(c.num_experts, 1), rank=rank, alpha=2 * rank, top_k=c.top_k,
             orthogonalize=c.orthogonalize or "stiefel", target_modules=list(c.target_modules),
             layers=list(range(first, num_blocks)), seed=c.seed, b_init_std=c.b_init_std,
+            shared_expert=c.shared_expert, null_experts=c.null_experts, orthogonality_penalty=c.orthogonality_penalty,
         )
 
     def train_config(self) -> TrainConfig:
@@ -201,8 +212,11 @@ class RunConfig:
         if c.method == "lora":
             return f"LoRA r={c.rank * c.num_experts}{start}"
         routing = f"top-{c.top_k}" if c.top_k else "soft"
-        name = "MoE-LoRA" if c.method == "moe" else f"OMoE ({c.orthogonalize})"
-        return f"{name} E={c.num_experts} {routing}{start}"
+        name = {"moe": "MoE-LoRA", "omoe": f"OMoE ({c.orthogonalize})", "mixlora": "MixLoRA",
+                "omoe_mixlora": f"MixLoRA + OMoE ({c.orthogonalize})"}[c.method]
+        extras = "".join([", shared expert" if c.shared_expert else "", f", +{c.null_experts} null" if c.null_experts else "",
+                          f", orthogonality penalty {c.orthogonality_penalty:g}" if c.orthogonality_penalty else ""])
+        return f"{name} E={c.num_experts} {routing}{extras}{start}"
 
 
 @dataclass
@@ -272,7 +286,7 @@ def run(
             if resolved.method != "none":
                 summary = trainable_parameters(model)
                 result.parameters = {"trainable": summary.trainable, "total": summary.total, "percent": summary.percent, **summary.by_kind}
-                probe = prompt_batches(tokenizer, spread(test, PROBE_PROMPTS), resolved.prompt_style) if resolved.method in ("moe", "omoe") else None
+                probe = prompt_batches(tokenizer, spread(test, PROBE_PROMPTS), resolved.prompt_style) if resolved.method != "lora" else None
                 trained = train(model, tokenizer, train_examples, config.train_config(), progress=progress, prefix=prefix, diversity_probe=probe)
                 result.history, result.routing, result.diversity = trained.history, trained.routing, trained.diversity
             # whole (prompt + option) sequences replay the frozen blocks from the prefix cache
@@ -293,7 +307,7 @@ def run(
                 "chance": sum(1 / len(ex.options) for ex in test) / len(test),  # uniform guessing
                 "questions": [question_id(ex) for ex in test],  # which questions ``correct`` refers to
             })
-            if resolved.method in ("moe", "omoe"):  # a single LoRA has no experts to compare
+            if resolved.method not in ("none", "lora"):  # a single LoRA has no experts to compare
                 result.experts, result.embedding = analyse_experts(model, tokenizer, spread(test, ANALYSIS_PROMPTS), resolved, progress)
         if resolved.method != "none":
             folder.mkdir(parents=True, exist_ok=True)

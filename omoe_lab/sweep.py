@@ -51,11 +51,19 @@ ARMS = {
     "omoe4": Arm("OMoE E=4 soft", {"method": "omoe", "num_experts": 4}),
     "omoe8top2": Arm("OMoE E=8 top-2", {"method": "omoe", "num_experts": 8, "top_k": 2}),
     "control4": Arm("MoE-LoRA E=4 soft, B ~ N(0, 0.02²) (control)", {"method": "moe", "num_experts": 4, "b_init_std": 0.02}),
+    # the lab's other answers to collapse (omoe_lab.adapters: MixLoRA's FFN experts, DeepSeekMoE's
+    # shared expert, an orthogonality penalty in the loss instead of OMoE's constraint)
+    "mixlora8top2": Arm("MixLoRA E=8 top-2 (FFN experts)", {"method": "mixlora", "num_experts": 8, "top_k": 2}),
+    "moe4penalty": Arm("MoE-LoRA E=4 soft + orthogonality penalty 0.1", {"method": "moe", "num_experts": 4, "orthogonality_penalty": 0.1}),
+    "moe4shared": Arm("MoE-LoRA E=4 soft + shared expert", {"method": "moe", "num_experts": 4, "shared_expert": True}),
 }
+CORE_ARMS = ("lora", "moe2", "moe4", "moe8", "moe8top2", "omoe2", "omoe4", "omoe8top2", "control4")
+VARIANT_ARMS = ("mixlora8top2", "moe4penalty", "moe4shared")
 # (a, b): is b better than a? The paper's claim is the first four: few orthogonal experts vs many vanilla ones.
 COMPARISONS = (
     ("moe8", "omoe2"), ("moe8", "omoe4"), ("moe8top2", "omoe2"), ("moe8top2", "omoe4"), ("moe8top2", "omoe8top2"),
     ("moe4", "omoe4"), ("control4", "omoe4"), ("moe4", "control4"), ("moe2", "omoe2"), ("lora", "omoe4"), ("lora", "moe4"),
+    ("mixlora8top2", "omoe4"), ("moe4penalty", "omoe4"), ("moe4", "moe4penalty"), ("moe4", "moe4shared"),
 )
 
 
@@ -73,7 +81,11 @@ SETTINGS = {
     "real": Setting(
         "real", "multi-task training on the train splits of real ARC-Easy, ARC-Challenge, BoolQ and OpenBookQA; "
         "a fixed random subset of each test split",
-        arms=tuple(ARMS), run={"tasks": REAL_TASKS, "data_dir": "../shared/data/commonsense"},
+        arms=CORE_ARMS, run={"tasks": REAL_TASKS, "data_dir": "../shared/data/commonsense"},
+    ),
+    "variants": Setting(
+        "variants", "the real multi-task setting, for the lab's other experts (compared with the real setting's arms)",
+        arms=("moe4", "omoe4", *VARIANT_ARMS), run={"tasks": REAL_TASKS, "data_dir": "../shared/data/commonsense"},
     ),
     "builtin": Setting(
         "builtin", "the built-in offline eight-task suite", arms=("lora", "moe4", "omoe4", "control4"), run={},

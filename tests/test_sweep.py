@@ -69,3 +69,26 @@ def test_sweep_refuses_bad_input_before_any_work(tmp_path):
 def test_every_setting_names_known_arms():
     for setting in SETTINGS.values():
         assert set(setting.arms) <= set(ARMS)
+
+
+def test_variants_run_through_the_same_configs_and_keep_older_cache_keys():
+    from omoe_lab.experiments import RunConfig
+
+    plain = RunConfig(method="moe", num_experts=4, **{k: v for k, v in SMALL.items() if k != "diversity_every"})
+    assert plain.key() == RunConfig(**{**plain.__dict__, "shared_expert": False, "null_experts": 0}).key()
+    variant = RunConfig(**{**plain.__dict__, "shared_expert": True})
+    assert variant.key() != plain.key() and variant.label() == "MoE-LoRA E=4 soft, shared expert"
+    assert variant.adapter_config(4).shared_expert
+    assert RunConfig(**{**plain.__dict__, "method": "mixlora", "num_experts": 8, "top_k": 2}).label() == "MixLoRA E=8 top-2"
+    penalty = RunConfig(**{**plain.__dict__, "orthogonality_penalty": 0.1})
+    assert penalty.adapter_config(4).orthogonality_penalty == 0.1 and "orthogonality penalty 0.1" in penalty.label()
+    with pytest.raises(ValueError, match="null_experts=1"):
+        RunConfig(**{**plain.__dict__, "top_k": 6, "null_experts": 1}).resolved()
+
+
+def test_a_variant_trains_and_is_analysed_like_the_mixtures(tmp_path):
+    summary = sweep("variants", (0, 1), arms=["moe4", "moe4shared"], cache_dir=tmp_path, progress=False,
+                    **{**SMALL, "data_dir": None, "tasks": ("boolq", "piqa")})
+    shared = summary["arms"][1]
+    assert shared["arm"] == "moe4shared" and shared["parameters"]["trainable"] > summary["arms"][0]["parameters"]["trainable"]
+    assert "diversity" in shared and summary["comparisons"][0]["label"].startswith("MoE-LoRA E=4 soft + shared expert")

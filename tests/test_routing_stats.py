@@ -116,3 +116,11 @@ def test_routing_summary_groups_by_layer_and_task():
 
     with pytest.raises(ValueError, match="no routed layers"):
         routing_summary(_captured([lora], [0, 1, 0, 1], ("boolq", "piqa")))
+
+
+def test_a_token_routed_only_to_null_experts_is_a_row_of_zeros():
+    gates = torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])  # row 1: null experts only
+    assert expert_load(gates).tolist() == pytest.approx([0.5, 1 / 6, 0.0])
+    assert routing_entropy(gates) == pytest.approx(math.log(2) / 3)
+    with pytest.raises(ValueError, match="sum to 1, or to 0"):
+        expert_load(torch.tensor([[0.5, 0.0]]))

@@ -384,6 +384,20 @@ def test_capture_reads_mixlora_blocks_like_other_layers():
     layer = captured["layers.0.mlp"]
     assert layer.expert_outputs.shape == (int(mask.sum()), 4, 32) and layer.gates.shape == (int(mask.sum()), 4)
     assert layer.expert_outputs.abs().amax() > 0
+    assert layer.orthogonal_outputs is None
+    from omoe_lab.analysis import routing_summary
+
+    assert not routing_summary(captured).empty  # tokens routed only to the null expert are rows of zeros
+
+
+def test_capture_keeps_the_orthogonal_outputs_of_omoe_mixlora():
+    from omoe_lab.analysis import capture_experts, direction_stiefel_error
+
+    model = attach_adapters(make_tiny_llama(), AdapterConfig(method="omoe_mixlora", rank=4, top_k=2))
+    randomize(model, scale=0.1)
+    ids, mask = batch()
+    layer = capture_experts(model, [{"input_ids": ids, "attention_mask": mask}], progress=False)["layers.0.mlp"]
+    assert layer.orthogonal_outputs is not None and direction_stiefel_error(layer.orthogonal_outputs) < 1e-5
 
 
 def test_ffn_method_on_a_model_without_gated_mlp_is_refused():

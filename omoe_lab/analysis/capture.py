@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..adapters.config import ORTHOGONAL_METHODS
 from ..adapters import LoRALinear
 from ..inject import adapter_layers
 
@@ -177,7 +178,7 @@ def layer_record(layer: LoRALinear, x: torch.Tensor) -> dict[str, torch.Tensor]:
         gates = layer.route(x)
         active = gates > 0
     record = {"expert_outputs": layer.expert_outputs(x), "gates": gates, "active": active}
-    if layer.method == "omoe":
+    if layer.method in ORTHOGONAL_METHODS:  # OMoE, and MixLoRA with OMoE's orthogonalization
         record["orthogonal_outputs"] = layer.orthogonal_outputs(x)
     return {
         key: value.detach().to("cpu", torch.bool if value.dtype == torch.bool else torch.float32)

@@ -61,7 +61,8 @@ def _check_arguments(args) -> None:
     slots = getattr(args, "num_experts", 0) + (getattr(args, "null_experts", 0) or 0)
     if top_k is not None and getattr(args, "method", None) != "lora" and not 1 <= top_k <= slots:
         raise ValueError(
-            f"--top-k {top_k} must be between 1 and --num-experts ({args.num_experts}) + --null-experts; "
+            f"--top-k {top_k} must be between 1 and --num-experts ({args.num_experts})"
+            + (f" + --null-experts ({args.null_experts})" if getattr(args, "null_experts", 0) else "") + "; "
             "leave --top-k out for soft routing over every expert"
         )
     b_init_std = getattr(args, "b_init_std", None)

@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 OUT    ?=
 
-.PHONY: demo test env bench clean-env
+.PHONY: demo test env bench clean-env browser
 
 $(BIN)/omoe-lab: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,14 @@ demo: env
 test: env
 	$(BIN)/python -m pytest -q
 
+# The browser test's Chromium: Debian's package (CI is Debian, as root). Playwright itself comes with the
+# dev extras; its own browser downloads (playwright install) are never used. Without a Chromium the test skips.
+browser: env
+	test -x /usr/bin/chromium || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; }
+
+# every benchmark part at full size (minutes; on quiet cores: the targets are ratios, but load moves them)
 bench: env
-	$(BIN)/python benchmarks/adapter_layer.py
+	$(BIN)/omoe-lab bench
 
 clean-env:
 	rm -rf $(VENV)

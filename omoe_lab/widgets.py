@@ -2,8 +2,8 @@
 
 - ``ExpertCountExplorer`` trains (or replays from the cache) one configuration per click through
   ``omoe_lab.experiments.run`` and redraws accuracy against the number of experts (every run of
-  the session, the latest ringed), the CKA heatmap of a chosen adapted layer and the t-SNE of
-  the experts' outputs.
+  the session, the latest ringed) over a committed sweep's curve as a reference, the CKA heatmap
+  of a chosen adapted layer and the t-SNE of the experts' outputs.
 - ``LayerExplorer`` looks inside an already-trained model, one adapted layer at a time: expert
   similarity (CKA, mean |cosine|), routing (load per task, entropy) and the Stiefel check, on
   the scored prompts, captured exactly as the runs' own analysis captures them.
@@ -19,9 +19,12 @@ anywidget is available, else plain figures redrawn inside an ``Output``.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import html
 import itertools
+import json
 import math
+import re
 import time
 import traceback
 import warnings
@@ -160,6 +163,36 @@ def placeholder(title: str, message: str) -> go.Figure:
     return fig.update_layout(template=viz.TEMPLATE, title_text=title)
 
 
+def redraw(plot: LiveFigure, figure: go.Figure) -> None:
+    """Draw ``figure`` in ``plot`` in the order plotly.js takes without an error.
+
+    Category axes that list tick values (``viz.cka_heatmap``'s) fail in plotly.js ("ax.dtick
+    error: Infinity") whenever they are drawn without the data they list: a heatmap replaced by
+    one of another size, or removed, or a placeholder's axes receiving a heatmap's layout before
+    its trace. So: a heatmap replacing a heatmap is edited in place, with its layout, in one
+    message (``LiveFigure.update``); a figure without traces (a placeholder) takes its layout first
+    and then loses the old traces; anything else gets its traces first (``LiveFigure.show``).
+    """
+    heatmaps = [t.type for t in plot.figure.data] == [t.type for t in figure.data] == ["heatmap"]
+    if not plot.live or not plot.figure.data or figure.data:
+        (plot.update if heatmaps else plot.show)(figure)
+        return
+    figure.update_layout(**plot.size)
+    stale = {path: [] if isinstance(value, (list, tuple)) else None
+             for path, value in stale_layout_paths(plot.figure.layout.to_plotly_json(), figure.layout.to_plotly_json())}
+    if stale:
+        plot.figure.plotly_relayout(stale)
+    plot.figure.layout = figure.layout
+    plot.figure.data = []
+    plot._sync_state()
+
+
+def with_subtitle(figure: go.Figure, title: str, subtitle: str) -> go.Figure:
+    """A title and a smaller line under it, as plotly's own subtitle: a ``<br><sub>`` title under
+    ``viz.TEMPLATE``'s container-anchored, auto-margined title loses its first line in plotly.js."""
+    return figure.update_layout(title=dict(text=title, subtitle=dict(text=subtitle)))
+
+
 def _error_text(error: BaseException) -> str:
     return html.escape(f"{type(error).__name__}: {error}")
 
@@ -243,7 +276,149 @@ def ring_latest_run(figure: go.Figure, row: pd.Series, label: str, how: str) -> 
     return figure
 
 
+# --- the committed sweep as a reference curve ----------------------------------------------------
+REFERENCE_PREFIX = "sweep · "  # every reference trace's name starts so: the learner's lines never share a name
+REFERENCE_GROUP, OWN_GROUP = "reference", "yours"  # legend groups: the committed sweep, the learner's runs
+_EXPERTS_IN_LABEL = re.compile(r"\s*\bE=\d+\b")
+
+
+def repository_root() -> Path:
+    """The folder above the ``omoe_lab`` package: the checkout, for an editable install."""
+    return Path(__file__).resolve().parents[1]
+
+
+def load_reference(reference) -> tuple[dict | None, str, str | None]:
+    """``(summary, source, problem)`` of a sweep summary given as a loaded dict or a path.
+
+    A relative path is looked up from the working directory, then from the repository root (a
+    notebook runs in ``notebooks/``, the summaries live in ``results/``). ``problem`` says, in
+    one line, why there is no summary (file missing, not JSON, not a sweep summary); it is
+    ``None`` when ``summary`` is usable.
+    """
+    if isinstance(reference, dict):
+        source, summary = "the summary passed in", reference
+    else:
+        path = Path(reference)
+        tried = [path] if path.is_absolute() else [path, repository_root() / path]
+        found = next((p for p in tried if p.is_file()), None)
+        source = str(reference)
+        if found is not None and found.resolve().is_relative_to(repository_root()):  # named as the repository names it
+            source = str(found.resolve().relative_to(repository_root()))
+        if found is None:
+            where = " or ".join(str(p) for p in dict.fromkeys(p.resolve() for p in tried))
+            return None, source, f"{source} was not found (looked for {where})"
+        try:
+            summary = json.loads(found.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            return None, source, f"{source} could not be read: {type(error).__name__}: {error}"
+    arms = summary.get("arms") if isinstance(summary, dict) else None
+    if not isinstance(arms, list) or not all(isinstance(a, dict) and "accuracy" in a and "config" in a for a in arms):
+        return None, source, f"{source} is not a sweep summary (omoe_lab.sweep.summarize_sweep: 'arms' with 'config' and 'accuracy')"
+    return summary, source, None
+
+
+def reference_series_name(arm: dict) -> str:
+    """The reference line an arm belongs to: its label without the expert count
+    (``"MoE-LoRA E=8 top-2"`` → ``"MoE-LoRA top-2"``), so expert counts of one kind join one line."""
+    return _EXPERTS_IN_LABEL.sub("", str(arm.get("label") or arm.get("arm"))).strip(" ,")
+
+
+def reference_frame(summary: dict) -> pd.DataFrame:
+    """One row per arm of a sweep summary: ``series``, ``arm``, ``method``, ``num_experts`` and the
+    overall accuracy's mean and 95 % Student-t interval over seeds (``low``, ``high``, ``seeds``)."""
+    rows = []
+    for arm in summary["arms"]:
+        accuracy = arm["accuracy"]["all"]
+        rows.append({
+            "series": reference_series_name(arm), "arm": arm.get("arm"), "label": arm.get("run_label") or arm.get("label"),
+            "method": arm["config"]["method"], "num_experts": int(arm["config"]["num_experts"]),
+            "mean": accuracy["mean"], "low": accuracy["low"], "high": accuracy["high"], "seeds": len(accuracy.get("values", [])),
+        })
+    return pd.DataFrame(rows, columns=["series", "arm", "label", "method", "num_experts", "mean", "low", "high", "seeds"])
+
+
+def reference_caption(summary: dict, source: str) -> str:
+    """One line (HTML) that says what the reference is: file, setting, profile, seeds, questions, scoring."""
+    meta = summary.get("meta", {})
+    seeds = meta.get("seeds") or []
+    per_task = meta.get("n_per_task") or {}
+    questions = f"n = {meta['n']} test questions" if "n" in meta else "test questions"
+    if per_task:
+        questions += f" ({', '.join(f'{html.escape(str(t))} {c}' for t, c in per_task.items())})"
+    scoring = ", ".join(str(meta[k]) + suffix for k, suffix in (("protocol", ""), ("prompt_style", " prompt")) if meta.get(k))
+    parts = [f"<b>reference</b> (dashed): <code>{html.escape(source)}</code>",
+             f"setting <b>{html.escape(str(meta.get('setting', '?')))}</b>",
+             f"profile <b>{html.escape(str(meta.get('profile', '?')))}</b>",
+             f"seeds {', '.join(map(str, seeds))}" if seeds else "seeds ?", questions]
+    if scoring:
+        parts.append(html.escape(scoring))
+    parts.append("bars: 95 % Student-t intervals over seeds")
+    return " · ".join(parts)
+
+
+def reference_traces(summary: dict, x_range: tuple[float, float]) -> list[go.Scatter]:
+    """The sweep's accuracy against experts as dashed lines with their t intervals, named
+    ``"sweep · …"`` and grouped apart from the learner's runs.
+
+    Each kind of arm (method, routing, start; ``reference_series_name``) is one line over its
+    expert counts, nudged sideways a little so that intervals at the same E stay readable (the
+    hover says the true E). LoRA, whose sweep arm has the mixtures' A/B budget (rank E·r) rather
+    than an expert count, and zero-shot (the runs' own prompt style, per-token mean) are
+    horizontal lines across ``x_range``.
+    """
+    frame = reference_frame(summary)
+    meta = summary.get("meta", {})
+    seeds_text = ", ".join(map(str, meta.get("seeds") or [])) or "?"
+    group = dict(legendgroup=REFERENCE_GROUP, legendgrouptitle_text=(
+        f"dashed: the sweep {html.escape(str(meta.get('setting', '?')))}, profile {html.escape(str(meta.get('profile', '?')))}, "
+        f"seeds {seeds_text} (bars: 95 % t)"))
+    seeds = len(meta.get("seeds") or []) or None
+    traces: list[go.Scatter] = []
+    routed = frame[frame["method"] != "lora"]
+    names = list(dict.fromkeys(routed["series"]))
+    colors = viz.series_colors(names)
+    for index, name in enumerate(names):
+        rows = routed[routed["series"] == name].sort_values("num_experts")
+        method = rows["method"].iloc[0]
+        # the plain soft mixture of a method has the method's colour, as the learner's line of it does
+        color = viz.METHOD_COLORS.get(method) if name == f"{viz.method_label(method)} soft" else colors[name]
+        offset = 0.07 * (index - (len(names) - 1) / 2)
+        traces.append(go.Scatter(
+            x=rows["num_experts"] + offset, y=100 * rows["mean"], mode="lines+markers", name=REFERENCE_PREFIX + name,
+            line=dict(color=color or colors[name], width=1.5, dash="dash"), marker=dict(size=8, symbol="diamond-open"),
+            error_y=dict(type="data", symmetric=False, array=100 * (rows["high"] - rows["mean"]),
+                         arrayminus=100 * (rows["mean"] - rows["low"]), thickness=1),
+            customdata=rows[["num_experts", "low", "high", "seeds"]].to_numpy(dtype=float) * [1, 100, 100, 1],
+            hovertemplate=f"{html.escape(name)} (sweep)<br>E = %{{customdata[0]:.0f}}: %{{y:.1f}} %"
+                          f"<br>95 % t interval %{{customdata[1]:.1f}} – %{{customdata[2]:.1f}} (%{{customdata[3]:.0f}} seeds)<extra></extra>",
+            **group,
+        ))
+    flat = [(f"{row.label} (E·r budget)", row.mean, row.low, row.high, viz.METHOD_COLORS["lora"], "dash")
+            for row in frame[frame["method"] == "lora"].itertuples()]
+    ways, style = summary.get("baselines", {}).get("ways", {}), meta.get("prompt_style")
+    if style and f"{style}/mean" in ways:
+        flat.append((f"zero-shot ({style}/mean)", ways[f"{style}/mean"]["accuracy"], None, None, "#999999", "dot"))
+    low_x, high_x = x_range
+    for name, mean, low, high, color, dash in flat:
+        interval = f"<br>95 % t interval {100 * low:.1f} – {100 * high:.1f} ({seeds} seeds)" if low is not None else ""
+        traces.append(go.Scatter(
+            x=[low_x, high_x], y=[100 * mean] * 2, mode="lines", name=REFERENCE_PREFIX + name,
+            line=dict(color=color, width=1.5, dash=dash),
+            hovertemplate=f"{html.escape(name)} (sweep): %{{y:.1f}} %{interval}<extra></extra>", **group,
+        ))
+        if low is not None:  # the interval as a faint band around the line
+            traces.append(go.Scatter(
+                x=[low_x, high_x, high_x, low_x], y=[100 * low, 100 * low, 100 * high, 100 * high], mode="lines",
+                fill="toself", fillcolor=viz._transparent(color, 0.12), line=dict(width=0), hoverinfo="skip",
+                name=REFERENCE_PREFIX + name + " interval", showlegend=False, **{**group, "legendgrouptitle_text": None},
+            ))
+    return traces
+
+
 # --- the experiment explorer ------------------------------------------------------------------
+CONTROLLED_FIELDS = ("method", "num_experts", "top_k", "orthogonalize", "seed", "profile")  # RunConfig fields the controls set
+
+
 class ExpertCountExplorer:
     """Pick experts, method, routing, orthogonalization and seed; Run; compare.
 
@@ -257,9 +432,20 @@ class ExpertCountExplorer:
     reference: one rank-r adapter, drawn at one expert. A failing run is reported in the status
     line and the run log, never raised into the notebook.
 
-    ``model``/``tokenizer``: a loaded base model to reuse across runs (else each run that is not
-    cached loads its own); with a model, runs share one frozen-prefix cache. Display the explorer
-    itself or ``.widget``; ``run()`` does what the button does, for scripted notebooks.
+    ``model``/``tokenizer``: a loaded base model to reuse across runs (else the first run that is
+    not cached loads one, and the explorer keeps it for the next); with a model, runs share one
+    frozen-prefix cache. Display the explorer itself or ``.widget``; ``run()`` does what the button
+    does, for scripted notebooks.
+
+    ``reference``: a sweep summary (``omoe_lab.sweep``, e.g. ``"results/sweep-real-quick.json"``,
+    a path or the loaded dict) drawn from the start as dashed lines with their 95 % t intervals
+    over seeds, and named by a line above the plot (setting, profile, seeds, questions). The
+    learner's runs are drawn as their own solid lines, under this explorer's profile, and are
+    never averaged with the reference's arms, whatever their configuration. A missing or
+    unreadable file leaves a note saying so, and only the learner's runs are drawn.
+
+    ``run_options``: further ``RunConfig`` fields of every run (``tasks``, ``data_dir``,
+    ``eval_per_task``, ...), e.g. to run on the reference's tasks; the controls set the rest.
     """
 
     def __init__(
@@ -271,13 +457,24 @@ class ExpertCountExplorer:
         model=None,
         tokenizer=None,
         max_experts: int = 8,
+        reference=None,
+        run_options: dict | None = None,
     ):
         self.profile = experiments.profile_from_env(profile).name  # fixed now, so every run of the session matches
         self.cache_dir = cache_dir
+        self.run_options = dict(run_options or {})
+        fields = {f.name for f in dataclasses.fields(RunConfig)}
+        unknown, controlled = sorted(set(self.run_options) - fields), sorted(set(self.run_options) & set(CONTROLLED_FIELDS))
+        if unknown or controlled:
+            raise ValueError(f"run_options: {'unknown RunConfig fields ' + str(unknown) if unknown else ''}"
+                             f"{'; ' if unknown and controlled else ''}"
+                             f"{str(controlled) + ' are set by the controls' if controlled else ''}")
+        RunConfig(profile=self.profile, **self.run_options).check()  # bad options fail now, not at the first press
+        self.reference, self.reference_source, self.reference_problem = (None, None, None) if reference is None else load_reference(reference)
         self._run_fn = run_fn or self._run_with_experiments
         self._model, self._tokenizer = model, tokenizer
         # every run of the session adapts the same top blocks, so one frozen-prefix cache serves all
-        self._prefix = experiments.frozen_prefix_for(model, RunConfig(profile=self.profile)) if model is not None else None
+        self._prefix = experiments.frozen_prefix_for(model, RunConfig(profile=self.profile, **self.run_options)) if model is not None else None
         self.results: dict[str, RunResult] = {}  # by config key: a replayed run replaces itself
         self.result: RunResult | None = None
         self.presses = 0  # runs asked for in this session, failed ones included
@@ -296,10 +493,12 @@ class ExpertCountExplorer:
                                          tooltip="train this configuration, or replay it from the cache")
         self.progress = widgets.IntProgress(value=0, min=0, max=1, description="", layout=widgets.Layout(width="160px"))
         self.status = widgets.HTML(f"profile <b>{self.profile}</b>: choose a configuration and press Run.")
+        self.reference_note = widgets.HTML(self._reference_note())
         self.layer_metrics = widgets.HTML("")
         self.log = widgets.Output()  # training progress bars and tracebacks land here
 
-        self.accuracy_plot = LiveFigure(placeholder("Accuracy against the number of experts", "no runs yet: press Run"), height=380)
+        start = self._accuracy_figure([]) if self.reference else placeholder("Accuracy against the number of experts", "no runs yet: press Run")
+        self.accuracy_plot = LiveFigure(start, **(dict(height=560, width=1000) if self.reference else dict(height=380)))
         self.cka_plot = LiveFigure(placeholder("CKA between experts", "no run yet"), height=430, width=480)
         self.tsne_plot = LiveFigure(placeholder("t-SNE of expert outputs", "no run yet"), height=430, width=560)
 
@@ -315,6 +514,7 @@ class ExpertCountExplorer:
             widgets.HBox([self.method, self.experts, self.orthogonalize]),
             widgets.HBox([self.routing, self.top_k, self.seed]),
             widgets.HBox([self.run_button, self.progress, self.status]),
+            self.reference_note,
             self.accuracy_plot.widget,
             widgets.HBox([self.layer, self.layer_metrics]),
             widgets.HBox([self.cka_plot.widget, self.tsne_plot.widget]),
@@ -357,10 +557,77 @@ class ExpertCountExplorer:
             orthogonalize=self.orthogonalize.value if method == "omoe" else None,
             seed=int(self.seed.value),
             profile=self.profile,
+            **self.run_options,
         )
+
+    # the reference ---------------------------------------------------------------------------
+    def _own_setting(self) -> str:
+        """What the learner's runs are: profile, tasks and data, in words."""
+        config = RunConfig(profile=self.profile, **self.run_options).resolved()
+        data = f"data <code>{html.escape(str(config.data_dir))}</code>" if config.data_dir else "the built-in suite"
+        return f"profile <b>{self.profile}</b>, {len(config.tasks)} tasks ({html.escape(', '.join(config.tasks))}) from {data}"
+
+    def _reference_note(self) -> str:
+        own = f"<b>your runs</b> (solid): {self._own_setting()}; bars: min–max over your seeds; never averaged with the reference"
+        if self.reference is None:
+            if self.reference_problem is None:
+                return own
+            return (f"<b>no reference curve</b>: {html.escape(self.reference_problem)}. A sweep summary is made by "
+                    f"<code>omoe-lab sweep</code> (it writes <code>results/sweep-&lt;setting&gt;-&lt;profile&gt;.json</code>); "
+                    f"only your own runs are drawn.<br>{own}")
+        meta = self.reference.get("meta", {})
+        differs = []
+        if meta.get("profile") not in (None, self.profile):
+            differs.append(f"profile {html.escape(str(meta['profile']))} against your {self.profile}")
+        own_tasks = list(RunConfig(profile=self.profile, **self.run_options).resolved().tasks)
+        if meta.get("tasks") and list(meta["tasks"]) != own_tasks:
+            differs.append("other tasks")
+        caveat = (f"<br>The two differ ({'; '.join(differs)}): compare the shapes of the curves, not their heights."
+                  if differs else "")
+        return f"{reference_caption(self.reference, self.reference_source)}<br>{own}{caveat}"
+
+    def _accuracy_figure(self, runs: Sequence[RunResult], latest: RunResult | None = None, how: str = "") -> go.Figure:
+        """Accuracy against experts: the learner's runs (one line per series, ``latest`` ringed),
+        and the reference's dashed lines beneath them when there is a reference."""
+        title = f"Accuracy against the number of experts (profile {self.profile})"
+        if runs:
+            frame = accuracy_frame(runs)
+            figure = viz.accuracy_vs_experts(frame, title=title)
+            ring_latest_run(figure, frame.iloc[[r.key for r in runs].index(latest.key)], latest.label, how)
+        else:
+            figure = go.Figure().update_layout(template=viz.TEMPLATE)
+        if self.reference is None:
+            return figure
+        mine = (f"solid: your {len(runs)} run{'s' if len(runs) != 1 else ''}, profile {self.profile} (bars: min–max)" if runs
+                else f"solid: your runs, profile {self.profile}: press Run")
+        for trace in figure.data:
+            trace.update(legendgroup=OWN_GROUP, legendgrouptitle_text=mine)
+        own_x = [r.config["num_experts"] for r in runs]
+        sweep_x = reference_frame(self.reference)["num_experts"].tolist()
+        experts = sorted({*own_x, *sweep_x}) or [1]
+        reference = reference_traces(self.reference, (experts[0] - 0.3, experts[-1] + 0.3))
+        figure = go.Figure(data=[*reference, *figure.data], layout=figure.layout)  # the reference beneath
+        # one line: the first line of a two-line title, and a subtitle on a figure's first render, are
+        # drawn over or out of sight under viz.TEMPLATE's title settings; the legend groups say the rest
+        figure.update_layout(
+            title_text="Accuracy against the number of experts: the committed sweep and your runs",
+            legend=dict(groupclick="toggleitem", tracegroupgap=10, title_text=None, orientation="h", x=0, xanchor="left",
+                        y=0, yref="container", yanchor="bottom"),  # under the plot: the bottom margin grows to fit it
+        )
+        figure.update_xaxes(title_text="experts per adapted layer", tickmode="array", tickvals=experts, range=[experts[0] - 0.5, experts[-1] + 0.5])
+        figure.update_yaxes(title_text="accuracy (%)")  # the legend groups say what the bars are
+        return figure
 
     # running ------------------------------------------------------------------------------
     def _run_with_experiments(self, config: RunConfig) -> RunResult:
+        cached = (Path(self.cache_dir or experiments.default_cache_dir()) / config.key() / "result.json").is_file()
+        if self._model is None and not cached:
+            # the first run that trains loads the base model and keeps it, with one frozen-prefix cache, for
+            # the next: a press then costs its training, not another model load and prefix pass
+            from .models import load_model
+
+            self._model, self._tokenizer = load_model(config.resolved().model, progress=True)
+            self._prefix = experiments.frozen_prefix_for(self._model, config)
         return experiments.run(
             config, cache_dir=self.cache_dir, progress=True, model=self._model, tokenizer=self._tokenizer,
             prefix=self._prefix,
@@ -407,11 +674,7 @@ class ExpertCountExplorer:
     def _record(self, result: RunResult, how: str) -> None:
         self.results[result.key] = result
         self.result = result
-        runs = list(self.results.values())
-        frame = accuracy_frame(runs)
-        figure = viz.accuracy_vs_experts(frame, title=f"Accuracy against the number of experts (profile {self.profile})")
-        ring_latest_run(figure, frame.iloc[list(self.results).index(result.key)], result.label, how)
-        self.accuracy_plot.show(figure)
+        self.accuracy_plot.show(self._accuracy_figure(list(self.results.values()), result, how))
         self._fill_layers(result)
         self._draw_layer()
         self._draw_tsne(result)
@@ -443,20 +706,20 @@ class ExpertCountExplorer:
         result = self.result
         row = next((r for r in result.experts if r["layer"] == self.layer.value), None)
         if row is None:
-            self.cka_plot.show(placeholder("CKA between experts", "this run has no adapted layers"))
+            redraw(self.cka_plot, placeholder("CKA between experts", "this run has no adapted layers"))
             self.layer_metrics.value = ""
             return
         name = viz.layer_label(row["layer"], row.get("block"))
         if "cka" in row:
-            self.cka_plot.show(viz.cka_heatmap(
-                row["cka"], title=f"Linear CKA between experts, {name}<br><sub>{result.label} · layer chosen in the menu</sub>"))
+            redraw(self.cka_plot, with_subtitle(viz.cka_heatmap(row["cka"]), f"Linear CKA between experts, {name}",
+                                                f"{result.label} · layer chosen in the menu"))
         else:
-            self.cka_plot.show(placeholder(f"CKA between experts, {name}", "a single expert: nothing to compare"))
+            redraw(self.cka_plot, placeholder(f"CKA between experts, {name}", "a single expert: nothing to compare"))
         self.layer_metrics.value = layer_metrics_html(row)
 
     def _draw_tsne(self, result: RunResult) -> None:
         if not result.embedding:
-            self.tsne_plot.show(placeholder("t-SNE of expert outputs", "a single expert: no map to draw"))
+            redraw(self.tsne_plot, placeholder("t-SNE of expert outputs", "a single expert: no map to draw"))
             return
         frame = pd.DataFrame(result.embedding)
         mapped = frame["layer"].iloc[0] if "layer" in frame.columns else None
@@ -464,7 +727,7 @@ class ExpertCountExplorer:
         why = "the top adapted layer, the only one a run maps"
         if self.layer.value is not None and mapped is not None and self.layer.value != mapped:
             why += f"; CKA shows {self._layer_name(result, self.layer.value)}"
-        self.tsne_plot.show(viz.tsne_scatter(frame, title=f"t-SNE of expert outputs, {layer}<br><sub>{result.label} · {why}</sub>"))
+        redraw(self.tsne_plot, with_subtitle(viz.tsne_scatter(frame), f"t-SNE of expert outputs, {layer}", f"{result.label} · {why}"))
 
 
 # --- the layer explorer -------------------------------------------------------------------------

@@ -1,16 +1,17 @@
 """Every notebook runs top to bottom under the ``ci`` profile (nbval, lax mode: errors fail).
 
 Each notebook runs in a subprocess ``pytest --nbval-lax notebooks/<name>.ipynb`` (configured by
-``notebooks/conftest.py``) with ``OMOE_LAB_PROFILE=ci`` and a fresh, temporary ``OMOE_LAB_RUNS``,
-so nothing is replayed from a developer's cache: ``01_collapse`` really trains its runs (several
-minutes on 2 CPU cores). A notebook that loads the default model is skipped, with the reason, when
-that model is neither installed nor cached; all are skipped when nbval is not installed.
+``notebooks/conftest.py``) with ``OMOE_LAB_PROFILE=ci`` and a temporary ``OMOE_LAB_RUNS``, fresh for
+the test session and shared by its notebooks and the browser test (``tests/notebook_support.py``):
+nothing is replayed from a developer's cache, so ``01_collapse`` and ``04_finetune_real`` really
+train their runs (minutes on 2 CPU cores), but a run two notebooks need trains once. A notebook that
+loads the default model is skipped, with the reason, when that model is neither installed nor
+cached; all are skipped when nbval is not installed.
 """
 from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from omoe_lab.models import FIX_COMMAND, default_model_available
+from tests.notebook_support import notebook_environment, shared_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -29,7 +31,8 @@ NOTEBOOK_TIMEOUT_S = 5400
 
 def test_notebooks_are_committed_clean():
     """No stored outputs, execution counts or widget state: diffs stay readable, the repo small."""
-    assert [p.name for p in NOTEBOOKS][:4] == ["00_tour.ipynb", "01_collapse.ipynb", "02_gram_schmidt.ipynb", "03_lora_to_moe.ipynb"]
+    assert [p.name for p in NOTEBOOKS][:6] == ["00_tour.ipynb", "01_collapse.ipynb", "02_gram_schmidt.ipynb", "03_lora_to_moe.ipynb",
+                                               "04_finetune_real.ipynb", "05_how_many_experts.ipynb"]
     for path in NOTEBOOKS:
         notebook = json.loads(path.read_text())
         code = [cell for cell in notebook["cells"] if cell["cell_type"] == "code"]
@@ -47,10 +50,10 @@ def needs_default_model(notebook: Path) -> bool:
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("nbval") is None, reason="nbval is not installed (pip install -e '.[dev]')")
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda path: path.stem)
-def test_notebook_runs_under_the_ci_profile(notebook, tmp_path):
+def test_notebook_runs_under_the_ci_profile(notebook, tmp_path_factory):
     if needs_default_model(notebook) and not default_model_available():
         pytest.skip(f"{notebook.name} uses the default model, which is neither installed nor cached: {FIX_COMMAND}")
-    env = {**os.environ, "OMOE_LAB_PROFILE": "ci", "OMOE_LAB_RUNS": str(tmp_path / "runs")}
+    env = notebook_environment(shared_runs(tmp_path_factory))
     command = [
         sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
         "--nbval-kernel-name", "python3", "--nbval-cell-timeout", str(CELL_TIMEOUT_S),

@@ -222,19 +222,35 @@ def test_a_result_that_cannot_be_drawn_does_not_spoil_later_runs():
 
 
 def test_default_runner_is_experiments_run_with_the_cache_folder(monkeypatch, tmp_path):
-    fake, calls = FakeRuns(), []
+    from omoe_lab import models
+    from omoe_lab.prefix import FrozenPrefix
+    from tests.conftest import make_tiny_llama
+
+    fake, calls, loads = FakeRuns(), [], []
 
     def fake_run(config, **kwargs):
         calls.append(kwargs)
         return fake(config)
 
+    def fake_load(name, **kwargs):
+        loads.append(name)
+        return make_tiny_llama(layers=4), "tokenizer"
+
     monkeypatch.setattr(experiments, "run", fake_run)
+    monkeypatch.setattr(models, "load_model", fake_load)
     explorer = widgets.ExpertCountExplorer(profile="ci", cache_dir=tmp_path)
+    explorer.experts.value = 2
+    finished = tmp_path / explorer.config().key()
+    finished.mkdir()
+    (finished / "result.json").write_text("{}")  # E = 2 is in the cache: it replays without a model
     run_with(explorer, experts=2)
-    run_with(explorer, experts=4)
-    assert [c.num_experts for c in fake.configs] == [2, 4]
-    assert all(kw["cache_dir"] == tmp_path and kw["model"] is None for kw in calls)
-    assert all(kw["prefix"] is None for kw in calls)  # no model given: each run brings its own
+    assert loads == [] and calls[0]["model"] is None and calls[0]["prefix"] is None
+    run_with(explorer, experts=4)  # trains: loads the base model once ...
+    run_with(explorer, experts=3)  # ... and keeps it, with its frozen-prefix cache, for the next run
+    assert [c.num_experts for c in fake.configs] == [2, 4, 3] and loads == ["default"]
+    assert all(kw["cache_dir"] == tmp_path for kw in calls)
+    assert calls[1]["model"] is calls[2]["model"] is not None and calls[1]["tokenizer"] == "tokenizer"
+    assert isinstance(calls[1]["prefix"], FrozenPrefix) and calls[2]["prefix"] is calls[1]["prefix"]
 
 
 def test_falls_back_to_static_figures_without_figurewidget(monkeypatch):
@@ -369,6 +385,43 @@ def test_a_reloaded_page_draws_the_last_run_not_the_placeholders():
     assert displayed_figure(explorer.cka_plot) is explorer.cka_figure  # the widget the page shows, not a copy
 
 
+
+@pytest.fixture
+def sent_messages(monkeypatch):
+    """The kinds of message each FigureWidget sends its browser view, in order."""
+    sent: dict[str, list[str]] = {}
+    for kind in ("relayout", "restyle", "addTraces", "deleteTraces", "update"):
+        original = getattr(go.FigureWidget, f"_send_{kind}_msg")
+
+        def record(self, *args, _kind=kind, _original=original, **kwargs):
+            sent.setdefault(self.model_id, []).append(_kind)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(go.FigureWidget, f"_send_{kind}_msg", record)
+    return sent
+
+
+def test_cka_redraws_in_the_order_plotly_js_takes(sent_messages):
+    # plotly.js fails ("ax.dtick error: Infinity") when category axes listing tick values are drawn
+    # without the data they list: a heatmap of another size, a removed heatmap, a placeholder's axes
+    # given a heatmap layout before its trace (seen in Chromium; tests/test_browser.py checks the console)
+    explorer = explorer_with(FakeRuns())
+    run_with(explorer, experts=4)  # placeholder → heatmap: the trace first, then its layout
+    cka = explorer.cka_figure.model_id
+    first = sent_messages[cka]
+    assert "addTraces" in first and first.index("addTraces") < len(first) - 1 - first[::-1].index("relayout")
+    sent_messages[cka].clear()
+    run_with(explorer, experts=2)  # heatmap → smaller heatmap: edited in place, traces and layout in one message
+    assert sent_messages[cka] == ["update"]
+    np.testing.assert_allclose(np.asarray(explorer.cka_figure.data[0].z), layer_cka(29, 2))
+    assert list(explorer.cka_figure.layout.xaxis.tickvals) == ["expert 0", "expert 1"]
+    sent_messages[cka].clear()
+    run_with(explorer, method="lora")  # heatmap → placeholder: the layout first, then the trace goes
+    kinds = sent_messages[cka]
+    assert "deleteTraces" in kinds and kinds.index("deleteTraces") > kinds.index("relayout")
+    assert len(explorer.cka_figure.data) == 0 and explorer.cka_figure.layout.xaxis.tickvals is None
+    assert [a.text for a in explorer.cka_figure.layout.annotations] == ["a single expert: nothing to compare"]
+
 def test_replaying_a_cached_configuration_says_so_and_rings_it():
     explorer = explorer_with(FakeRuns())
     run_with(explorer, experts=2)
@@ -393,17 +446,33 @@ def test_replaying_a_cached_configuration_says_so_and_rings_it():
     assert traces["MoE-LoRA"].line.width == 4 and traces["OMoE"].opacity < 1
 
 
+def title_of(figure) -> str:
+    """A figure's title and subtitle, as one line."""
+    return f"{figure.layout.title.text} · {figure.layout.title.subtitle.text or ''}"
+
+
 def test_cka_and_tsne_titles_say_which_layer_and_why():
     explorer = explorer_with(FakeRuns())
     run_with(explorer, experts=3)
-    assert "L29 q_proj" in explorer.cka_figure.layout.title.text and "menu" in explorer.cka_figure.layout.title.text
-    tsne_title = explorer.tsne_figure.layout.title.text
+    assert "L29 q_proj" in explorer.cka_figure.layout.title.text and "menu" in explorer.cka_figure.layout.title.subtitle.text
+    tsne_title = title_of(explorer.tsne_figure)
     assert "L29 q_proj" in tsne_title and "only one a run maps" in tsne_title and "CKA shows" not in tsne_title
 
     explorer.layer.value = LAYERS[0]  # the t-SNE cannot follow: a run maps only its top adapted layer
     assert "L28 q_proj" in explorer.cka_figure.layout.title.text
-    tsne_title = explorer.tsne_figure.layout.title.text
+    tsne_title = title_of(explorer.tsne_figure)
     assert "t-SNE of expert outputs, L29 q_proj" in tsne_title and "CKA shows L28 q_proj" in tsne_title
+
+
+def test_two_line_titles_use_plotlys_subtitle():
+    # viz.TEMPLATE anchors titles to the container with an automatic margin, where plotly.js
+    # draws the first line of a "<br><sub>" title above the figure, out of sight
+    explorer = explorer_with(FakeRuns(), reference=sweep_summary())
+    run_with(explorer, experts=3)
+    for figure in (explorer.cka_figure, explorer.tsne_figure):
+        assert "<br>" not in figure.layout.title.text and figure.layout.title.subtitle.text
+    # the accuracy plot is drawn from the start, where plotly.js sets a subtitle over its title: one line
+    assert "<br>" not in explorer.accuracy_figure.layout.title.text and not explorer.accuracy_figure.layout.title.subtitle.text
 
 
 def description_fits(control) -> bool:
@@ -419,6 +488,143 @@ def test_control_labels_are_not_cut():
     labelled = [explorer.experts, explorer.method, explorer.routing, explorer.top_k, explorer.orthogonalize, explorer.seed,
                 explorer.layer]
     assert [c.description for c in labelled if not description_fits(c)] == []
+
+
+# --- the committed sweep as a reference ---------------------------------------------------------
+def sweep_arm(arm, label, method, experts, values, top_k=None, run_label=None):
+    mean = sum(values) / len(values)
+    return {"arm": arm, "label": label, "run_label": run_label or label,
+            "config": {"method": method, "num_experts": experts, "top_k": top_k, "orthogonalize": "stiefel" if method == "omoe" else None,
+                       "b_init_std": 0.0},
+            "accuracy": {"all": {"mean": mean, "low": mean - 0.05, "high": mean + 0.05, "values": values}}}
+
+
+def sweep_summary():
+    """A hand-made summary in the format of ``sweep.summarize_sweep`` (the parts the explorer reads)."""
+    return {
+        "meta": {"setting": "real", "profile": "quick", "seeds": [0, 1, 2], "tasks": ["ARC-Easy", "boolq"], "protocol": "loglik",
+                 "prompt_style": "cloze", "n": 400, "n_per_task": {"ARC-Easy": 200, "boolq": 200}},
+        "baselines": {"ways": {"cloze/mean": {"accuracy": 0.40}, "listed/mean": {"accuracy": 0.30}}},
+        "arms": [
+            sweep_arm("lora", "LoRA (E·r budget)", "lora", 4, [0.42, 0.43, 0.44], run_label="LoRA r=16"),
+            sweep_arm("moe2", "MoE-LoRA E=2 soft", "moe", 2, [0.41, 0.42, 0.43]),
+            sweep_arm("moe8", "MoE-LoRA E=8 soft", "moe", 8, [0.44, 0.45, 0.46]),
+            sweep_arm("moe8top2", "MoE-LoRA E=8 top-2", "moe", 8, [0.40, 0.41, 0.42], top_k=2),
+            sweep_arm("omoe2", "OMoE E=2 soft", "omoe", 2, [0.45, 0.46, 0.47]),
+            sweep_arm("omoe4", "OMoE E=4 soft", "omoe", 4, [0.70, 0.75, 0.80]),
+            sweep_arm("control4", "MoE-LoRA E=4 soft, B ~ N(0, 0.02²) (control)", "moe", 4, [0.43, 0.44, 0.45]),
+        ],
+    }
+
+
+def reference_traces_of(figure):
+    return {t.name: t for t in figure.data if t.name.startswith(widgets.REFERENCE_PREFIX)}
+
+
+def test_reference_sweep_is_drawn_from_the_start_with_its_t_intervals():
+    explorer = explorer_with(FakeRuns(), reference=sweep_summary())
+    traces = reference_traces_of(explorer.accuracy_figure)
+    assert set(traces) == {"sweep · MoE-LoRA soft", "sweep · MoE-LoRA top-2", "sweep · OMoE soft",
+                           "sweep · MoE-LoRA soft, B ~ N(0, 0.02²) (control)", "sweep · LoRA r=16 (E·r budget)",
+                           "sweep · LoRA r=16 (E·r budget) interval", "sweep · zero-shot (cloze/mean)"}
+    moe = traces["sweep · MoE-LoRA soft"]
+    assert [round(x) for x in moe.x] == [2, 8] and list(moe.y) == pytest.approx([42.0, 45.0])  # sideways nudge < 0.5
+    assert list(np.asarray(moe.customdata)[:, 0]) == [2, 8]  # the true E, for the hover
+    assert list(moe.error_y.array) == pytest.approx([5.0, 5.0]) and list(moe.error_y.arrayminus) == pytest.approx([5.0, 5.0])
+    assert moe.line.dash == "dash" and moe.line.color == viz.METHOD_COLORS["moe"]
+    assert traces["sweep · OMoE soft"].line.color == viz.METHOD_COLORS["omoe"]
+    assert traces["sweep · MoE-LoRA top-2"].line.color not in viz.METHOD_COLORS.values()
+    lora = traces["sweep · LoRA r=16 (E·r budget)"]
+    assert list(lora.y) == pytest.approx([43.0, 43.0]) and lora.x[0] < 2 and lora.x[1] > 8  # across every E
+    assert list(traces["sweep · zero-shot (cloze/mean)"].y) == pytest.approx([40.0, 40.0])
+    assert not explorer.accuracy_figure.layout.annotations  # no placeholder: the reference is the first picture
+    assert {t.legendgroup for t in traces.values()} == {widgets.REFERENCE_GROUP}
+    (group_title,) = {t.legendgrouptitle.text for t in traces.values() if t.legendgrouptitle.text}
+    assert "sweep real" in group_title and "profile quick" in group_title and "seeds 0, 1, 2" in group_title and "95 % t" in group_title
+    assert "<br>" not in explorer.accuracy_figure.layout.title.text  # one line: see test_two_line_titles_use_plotlys_subtitle
+    note = explorer.reference_note.value
+    for words in ("setting <b>real</b>", "profile <b>quick</b>", "seeds 0, 1, 2", "n = 400", "95 % Student-t", "cloze prompt",
+                  "profile quick against your ci"):
+        assert words in note, words
+
+
+def test_learner_runs_are_their_own_series_never_averaged_with_the_reference():
+    fake = FakeRuns()
+    explorer = explorer_with(fake, reference=sweep_summary())
+    before = {name: (list(t.x), list(t.y)) for name, t in reference_traces_of(explorer.accuracy_figure).items()}
+    run_with(explorer, experts=4)  # the same method and E as the sweep's omoe4 arm (75 %), but another setting
+    run_with(explorer, experts=2)
+    figure = explorer.accuracy_figure
+    after = {name: (list(t.x), list(t.y)) for name, t in reference_traces_of(figure).items()}
+    assert after.keys() == before.keys()
+    for name in before:  # unchanged by the learner's runs (only the flat lines stretch over the new E)
+        assert after[name][1] == pytest.approx(before[name][1])
+    own = traces_by_name(figure)["OMoE"]
+    assert list(own.x) == [2, 4] and list(own.y) == pytest.approx([50.0, 75.0])
+    assert own.legendgroup == widgets.OWN_GROUP and own.line.dash in (None, "solid")
+    assert [round(x) for x in traces_by_name(figure)["sweep · OMoE soft"].x] == [2, 4]
+    assert list(traces_by_name(figure)["sweep · OMoE soft"].y) == pytest.approx([46.0, 75.0])
+    assert own.legendgrouptitle.text == "solid: your 2 runs, profile ci (bars: min–max)"
+    (ring,) = [t for t in figure.data if t.name == widgets.LATEST_RUN]
+    assert (list(ring.x), list(ring.y)) == ([2], [pytest.approx(50.0)])
+
+
+def test_reference_from_a_path_relative_to_the_repository(tmp_path, monkeypatch):
+    import json
+
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps(sweep_summary()))
+    explorer = explorer_with(FakeRuns(), reference=str(path))
+    assert explorer.reference == sweep_summary() and str(path) in explorer.reference_note.value
+    # a notebook runs in notebooks/: "results/..." is found from the repository root as well
+    monkeypatch.setattr(widgets, "repository_root", lambda: tmp_path)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "sweep-real-quick.json").write_text(json.dumps(sweep_summary()))
+    monkeypatch.chdir(tmp_path / "results")
+    summary, source, problem = widgets.load_reference("results/sweep-real-quick.json")
+    assert problem is None and summary["meta"]["setting"] == "real" and source == "results/sweep-real-quick.json"
+
+
+@pytest.mark.parametrize("content, why", [(None, "was not found"), ("{not json", "could not be read"),
+                                          ('{"meta": {}}', "is not a sweep summary")])
+def test_a_missing_or_broken_reference_leaves_a_note_and_the_explorer_works(tmp_path, content, why):
+    path = tmp_path / "sweep-real-quick.json"
+    if content is not None:
+        path.write_text(content)
+    explorer = explorer_with(FakeRuns(), reference=path)
+    assert explorer.reference is None and why in explorer.reference_problem
+    assert "no reference curve" in explorer.reference_note.value and why in explorer.reference_note.value
+    assert "omoe-lab sweep" in explorer.reference_note.value
+    assert [a.text for a in explorer.accuracy_figure.layout.annotations] == ["no runs yet: press Run"]
+    run_with(explorer, experts=2)
+    assert set(traces_by_name(explorer.accuracy_figure)) == {"OMoE"}
+
+
+def test_run_options_reach_every_run_and_bad_ones_fail_at_once():
+    fake = FakeRuns()
+    explorer = explorer_with(fake, reference=sweep_summary(), run_options={"tasks": ("ARC-Easy", "boolq"), "eval_per_task": 6})
+    run_with(explorer, experts=2)
+    (config,) = fake.configs
+    assert (config.tasks, config.eval_per_task, config.num_experts, config.profile) == (("ARC-Easy", "boolq"), 6, 2, "ci")
+    assert "2 tasks (ARC-Easy, boolq) from the built-in suite" in explorer.reference_note.value
+    assert "other tasks" not in explorer.reference_note.value  # the reference's own tasks
+    with pytest.raises(ValueError, match="set by the controls"):
+        explorer_with(FakeRuns(), run_options={"num_experts": 3})
+    with pytest.raises(ValueError, match="unknown RunConfig fields"):
+        explorer_with(FakeRuns(), run_options={"experts": 3})
+    with pytest.raises(ValueError, match="unknown prompt style"):
+        explorer_with(FakeRuns(), run_options={"prompt_style": "chat"})
+
+
+def test_the_reference_carries_no_placeholder_in_the_browser(front_end):
+    explorer = explorer_with(FakeRuns(), reference=sweep_summary())
+    shown = displayed_figure(explorer.accuracy_plot)
+    assert not front_end(shown).get("annotations")
+    run_with(explorer, experts=3)
+    layout = front_end(shown)
+    assert not layout.get("annotations")
+    synced = {t["name"]: t for t in shown.get_state()["_widget_data"]}  # what a reloaded page draws
+    assert "sweep · OMoE soft" in synced and "your 1 run" in synced["OMoE"]["legendgrouptitle"]["text"]
 
 
 # --- LayerExplorer on a tiny random Llama -----------------------------------------------------

@@ -1,0 +1,29 @@
+"""What the notebook tests and the browser test share: one run cache per test session, and the
+environment a notebook's kernel gets."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_runs(tmp_path_factory) -> Path:
+    """The ``OMOE_LAB_RUNS`` folder of every notebook test and the browser test of this session.
+
+    Fresh every session (under pytest's temporary folder), so a developer's cache is never
+    replayed and every run a notebook needs really trains once; shared within the session, so a
+    run that two notebooks (or nbval and the browser test) both need trains only once — notebook
+    05's explorer replays the OMoE run notebook 04 trained, and the other way round.
+    """
+    folder = tmp_path_factory.getbasetemp() / "notebook-runs"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def notebook_environment(runs: Path) -> dict[str, str]:
+    """The environment of a notebook under test: the ``ci`` profile, the shared run cache, and the
+    committed sweep summary (a developer's ``OMOE_LAB_SWEEP`` would point the notebooks elsewhere)."""
+    env = {**os.environ, "OMOE_LAB_PROFILE": "ci", "OMOE_LAB_RUNS": str(runs)}
+    env.pop("OMOE_LAB_SWEEP", None)
+    return env

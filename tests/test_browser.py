@@ -1,0 +1,384 @@
+"""A learner's session in a real browser: JupyterLab, headless Chromium, notebook 05.
+
+JupyterLab starts on 127.0.0.1 with a token (the ``ci`` profile and the notebook tests' shared run
+cache in its environment, so the run the explorer trains here is the one nbval replays, and the
+other way round). Chromium opens a copy of ``notebooks/05_how_many_experts.ipynb`` (autosave
+writes outputs into it, never into the repository), runs it with Run → Run All Cells, presses the
+explorer's Run button, moves the expert slider and runs again, and moves a slider of the
+Gram–Schmidt geometry widget. Everything asserted is read from the page: the plots' SVG and the
+figures plotly.js holds on their graph divs, the widgets' text. A page reload must show the same
+figures; no "no run(s) yet" placeholder may remain once a run is drawn; a JavaScript error in the
+console fails the test (``ALLOWED_CONSOLE_ERRORS`` lists the few messages that are not ours, each
+with its reason). Screenshots go to ``runs/browser-screenshots/`` (ignored by git).
+
+Needs Debian's ``chromium`` (``apt-get install chromium``; ``.ci/run`` installs it through
+``make browser``) and Playwright from PyPI (the ``dev`` extras); browser downloads such as
+``playwright install`` are not used. Skips, with the reason, without them or without the default
+model (the explorer's Run trains it) — unless ``OMOE_LAB_REQUIRE_BROWSER=1`` (set by ``.ci/run``),
+which turns a missing browser into a failure.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from omoe_lab.models import FIX_COMMAND, default_model_available
+from tests.notebook_support import ROOT, notebook_environment, shared_runs
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = Path(os.environ.get("OMOE_LAB_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+    # plotly draws the geometry widget's 3-D scene with WebGL; without a GPU, Chromium gives WebGL
+    # only through its software renderer, and only when asked for it
+    "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
+]
+NOTEBOOK = ROOT / "notebooks" / "05_how_many_experts.ipynb"
+SCREENSHOTS = ROOT / "runs" / "browser-screenshots"
+PLACEHOLDERS = ("no runs yet", "no run yet")
+# Console errors that are not the notebook's or the widgets': (pattern, why it is harmless). None is
+# needed: JupyterLab's only calls to the internet (announcements, update checks) are switched off in the
+# server's config below, so its offline messages never come; anything else in the console fails the test.
+ALLOWED_CONSOLE_ERRORS: tuple[tuple[str, str], ...] = ()
+RUN_TIMEOUT_S = 900  # one training under ci: about a minute on 2 quiet cores, several on a busy machine
+NOTEBOOK_TIMEOUT_S = 600
+
+
+def missing() -> str | None:
+    """Why this test cannot run here, or None."""
+    if importlib.util.find_spec("playwright") is None:
+        return "playwright is not installed (pip install -c constraints.txt -e '.[dev]'; .ci/run does it)"
+    if not CHROMIUM.is_file():
+        return f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium, or `make browser`; .ci/run does it)"
+    if importlib.util.find_spec("jupyterlab") is None:
+        return "jupyterlab is not installed (pip install -e '.[dev]')"
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser_ready():
+    reason = missing()
+    if reason and os.environ.get("OMOE_LAB_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"OMOE_LAB_REQUIRE_BROWSER=1 but {reason}")
+    if reason:
+        pytest.skip(reason)
+    if not default_model_available():
+        pytest.skip(f"the explorer's Run trains the default model, which is neither installed nor cached: {FIX_COMMAND}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+@pytest.fixture
+def jupyter_lab(browser_ready, tmp_path, tmp_path_factory):
+    """A JupyterLab server of its own (config, settings, workspaces and runtime in ``tmp_path``)
+    serving a copy of notebook 05; yields ``(base_url, token, notebook_copy)``."""
+    served = tmp_path / "lab"
+    copy = served / "notebooks" / NOTEBOOK.name
+    copy.parent.mkdir(parents=True)
+    shutil.copy(NOTEBOOK, copy)
+    config, settings = tmp_path / "jupyter-config", tmp_path / "lab-settings"
+    # no announcements or update checks (they would go to the internet), every cell in the DOM
+    # (JupyterLab otherwise leaves cells outside the viewport unrendered)
+    write_json(config / "jupyter_lab_config.json",
+               {"LabApp": {"news_url": None, "check_for_updates_class": "jupyterlab.NeverCheckForUpdate"}})
+    write_json(settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings",
+               {"fetchNews": "false", "checkForUpdates": False})
+    # and the notebook's kernel started without asking (JupyterLab asks when its kernel specs arrive late)
+    write_json(settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings",
+               {"windowingMode": "none", "autoStartDefaultKernel": True})
+    token, port = secrets.token_hex(16), free_port()
+    env = notebook_environment(shared_runs(tmp_path_factory)) | {
+        "JUPYTER_CONFIG_DIR": str(config), "JUPYTERLAB_SETTINGS_DIR": str(settings),
+        "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "lab-workspaces"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "jupyter-runtime"),
+        "IPYTHONDIR": str(tmp_path / "ipython"),
+    }
+    log_path = tmp_path / "jupyter.log"
+    command = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}", "--ServerApp.port_retries=0",
+               f"--IdentityProvider.token={token}", "--allow-root", f"--ServerApp.root_dir={served}"]
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"JupyterLab exited with {server.returncode}:\n{log_path.read_text()[-4000:]}")
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=5) as reply:
+                    if reply.status == 200:
+                        break
+            if time.monotonic() > deadline:
+                pytest.fail(f"JupyterLab did not answer within 120 s:\n{log_path.read_text()[-4000:]}")
+            time.sleep(0.5)
+        yield base, token, copy
+    finally:
+        # the server and the kernels it started are one process group of ours
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
+
+
+# --- reading the page ---------------------------------------------------------------------------
+# plotly.js keeps the figure it drew on its graph div (gd.data, gd.layout); a figure is found by its title
+FIGURE_JS = """
+([pattern]) => {
+  const title = new RegExp(pattern);
+  const divs = [...document.querySelectorAll('.js-plotly-plot')]
+    .filter(d => title.test(d.querySelector('.gtitle')?.textContent || ''));
+  if (divs.length !== 1) return {found: divs.length};
+  const d = divs[0];
+  const plain = v => (v && typeof v === 'object' && 'length' in v) ? Array.from(v, plain) : v;
+  return {
+    found: 1,
+    title: d.querySelector('.gtitle')?.textContent || '',
+    traces: (d.data || []).map(t => ({name: t.name ?? null, type: t.type ?? 'scatter', legendgroup: t.legendgroup ?? null,
+                                      x: plain(t.x) ?? null, y: plain(t.y) ?? null, z: plain(t.z) ?? null})),
+    points: d.querySelectorAll('.scatterlayer .trace .points path').length,
+    xticks: [...d.querySelectorAll('.xtick text')].map(t => t.textContent),
+    heatmap_images: [...d.querySelectorAll('.heatmaplayer image')].map(i => i.getAttribute('href') || i.getAttribute('xlink:href') || ''),
+    annotations: [...d.querySelectorAll('.annotation-text')].map(t => t.textContent),
+    legend: [...d.querySelectorAll('.legendtext')].map(t => t.textContent),
+    gl: d.querySelectorAll('canvas').length,
+    text: d.textContent,
+  };
+}
+"""
+# the explorer's three panels (the CKA one before and after its first run) and the geometry widget, by title
+ACCURACY, CKA, TSNE, GEOMETRY = ("^Accuracy against the number of experts", "^(Linear )?CKA between experts", "^t-SNE of expert outputs",
+                                 "^Gram–Schmidt of three experts")
+
+
+def figure(page, title: str) -> dict:
+    found = page.evaluate(FIGURE_JS, [title])
+    assert found["found"] == 1, f"{found['found']} figures titled /{title}/ on the page"
+    return found
+
+
+def own_points(accuracy: dict) -> int:
+    """The learner's runs drawn on the accuracy plot (its own legend group, the latest-run ring aside)."""
+    return sum(len(t["x"] or []) for t in accuracy["traces"] if t["legendgroup"] == "yours" and t["name"] != "this run")
+
+
+def outputs_text(page) -> str:
+    return page.evaluate("() => [...document.querySelectorAll('.jp-OutputArea')].map(o => o.textContent).join('\\n')")
+
+
+def shot(target, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    target.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
+
+
+def wait_until(check, timeout_s: float, what: str, page=None, interval_s: float = 1.0):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            if page is not None:
+                shot(page, f"timeout-{re.sub(r'[^a-z0-9]+', '-', what.lower())[:40]}")
+            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def kernel_idle(base: str, token: str) -> bool:
+    """Whether the server has a session for the notebook whose kernel is started and idle."""
+    with urllib.request.urlopen(f"{base}/api/sessions?token={token}", timeout=10) as reply:
+        sessions = json.load(reply)
+    return any(s.get("path", "").endswith(NOTEBOOK.name) and (s.get("kernel") or {}).get("execution_state") == "idle" for s in sessions)
+
+
+def open_notebook(page, base: str, token: str) -> None:
+    page.goto(f"{base}/lab/tree/notebooks/{NOTEBOOK.name}?token={token}", wait_until="domcontentloaded")
+    page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=120_000)
+
+    def started() -> bool:
+        choose = page.locator(".jp-Dialog", has_text="Select Kernel")
+        if choose.count():  # the preferred kernel is the notebook's own, python3: take it
+            choose.locator(".jp-mod-accept").click()
+        return kernel_idle(base, token)
+
+    wait_until(started, 180, "the notebook's kernel to start", page)
+
+
+def cells_state(page) -> dict:
+    """Execution prompts of every code cell ("[3]:", "[*]:", "[ ]:") and any error outputs."""
+    return page.evaluate("""() => ({
+        prompts: [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].map(p => p.textContent.trim()),
+        errors: [...document.querySelectorAll('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.error"]')]
+                  .map(e => e.textContent.slice(0, 2000)),
+    })""")
+
+
+def slider(page, label: str):
+    """An ipywidgets slider by its description."""
+    return page.locator(".widget-slider", has=page.locator(".widget-label", has_text=label)).first
+
+
+def move_slider(page, label: str, key: str, presses: int) -> str:
+    """Move a slider as a keyboard user does (focus the handle, press arrows); returns its readout."""
+    handle = slider(page, label).locator(".noUi-handle").first
+    handle.scroll_into_view_if_needed()
+    handle.focus()
+    for _ in range(presses):
+        page.keyboard.press(key)
+    return slider(page, label).locator(".widget-readout").inner_text()
+
+
+def console_problems(messages: list[tuple[str, str]]) -> list[str]:
+    return [f"{kind}: {text}" for kind, text in messages
+            if not any(re.search(pattern, text) for pattern, _ in ALLOWED_CONSOLE_ERRORS)]
+
+
+# --- the test -----------------------------------------------------------------------------------
+def test_a_learner_runs_notebook_05_in_jupyterlab(jupyter_lab):
+    from playwright.sync_api import sync_playwright
+
+    base, token, copy = jupyter_lab
+    code_cells = sum(cell["cell_type"] == "code" for cell in json.loads(copy.read_text())["cells"])
+    messages: list[tuple[str, str]] = []
+    phase = ["opening the notebook"]  # what the test was doing when a console message came
+    timings: dict[str, float] = {}
+    started = time.monotonic()
+    profile = copy.parents[2] / "chromium-profile"  # a fresh --user-data-dir
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(profile), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1500, "height": 1900}, accept_downloads=False,
+        )
+        try:
+            page = context.pages[0] if context.pages else context.new_page()
+            page.on("console", lambda m: messages.append((f"console ({phase[0]})", m.text)) if m.type == "error" else None)
+            page.on("pageerror", lambda error: messages.append((f"page error ({phase[0]})", str(error))))
+            page.on("dialog", lambda dialog: dialog.accept())  # "leave the page?" on reload
+
+            open_notebook(page, base, token)
+            timings["open"] = time.monotonic() - started
+
+            # Run → Run All Cells, as a learner does
+            phase[0] = "Run All Cells"
+            page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
+            page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
+
+            def finished():
+                state = cells_state(page)
+                done = len(state["prompts"]) == code_cells and all(re.fullmatch(r"\[\d+\]:", p) for p in state["prompts"])
+                return state if state["errors"] or done else None
+
+            state = wait_until(finished, NOTEBOOK_TIMEOUT_S, "Run All Cells to finish", page)
+            assert not state["errors"], f"a cell failed:\n{state['errors'][0]}"
+            timings["run all"] = time.monotonic() - started
+
+            run_button = page.locator("button.jupyter-button", has_text=re.compile(r"^\s*Run\s*$"))
+            assert run_button.count() == 1
+            explorer = page.locator(".jp-OutputArea-output", has=run_button).first
+            wait_until(lambda: figure(page, ACCURACY)["traces"], 60, "the reference curve", page)
+            before = figure(page, ACCURACY)
+            assert own_points(before) == 0 and any(t["name"].startswith("sweep · ") for t in before["traces"]), before["traces"]
+            assert not before["annotations"], f"the reference plot shows {before['annotations']}"
+            assert "no run yet" in figure(page, CKA)["text"]  # the placeholder check below can see placeholders
+            explorer.scroll_into_view_if_needed()
+            shot(explorer, "1-explorer-before-run")
+
+            def press_run(count: int) -> str:
+                run_button.click()
+                status = explorer.locator(".widget-html", has_text="of this session")
+                wait_until(lambda: status.count() and f"run {count} of this session" in status.first.inner_text()
+                           or "failed" in explorer.inner_text(), RUN_TIMEOUT_S, f"run {count} to finish", page, 2.0)
+                text = status.first.inner_text() if status.count() else explorer.inner_text()
+                assert "failed" not in text, text
+                return text
+
+            phase[0] = "run 1"
+            status = press_run(1)  # the default configuration: OMoE, E = 4
+            timings["run 1"] = time.monotonic() - started
+            first = figure(page, ACCURACY)
+            cka_first = figure(page, CKA)
+            assert own_points(first) == 1 and first["points"] == before["points"] + 2, (status, first["traces"])  # the run and its ring
+            assert cka_first["xticks"] == [f"expert {i}" for i in range(4)] and cka_first["heatmap_images"], cka_first
+            shot(explorer, "2-explorer-after-run-1")
+
+            phase[0] = "run 2"
+            readout = move_slider(page, "experts E", "ArrowLeft", 2)
+            assert readout.strip() == "2", f"the expert slider reads {readout!r}"
+            status = press_run(2)
+            timings["run 2"] = time.monotonic() - started
+            second = figure(page, ACCURACY)
+            cka_second = figure(page, CKA)
+            assert own_points(second) == 2 and second["points"] == first["points"] + 1, (status, second["traces"])
+            assert cka_second["xticks"] == ["expert 0", "expert 1"], cka_second  # redrawn for E = 2 ...
+            assert cka_second["heatmap_images"] and cka_second["heatmap_images"] != cka_first["heatmap_images"]  # ... as a new image
+            shown = outputs_text(page)
+            assert not [p for p in PLACEHOLDERS if p in shown], "a placeholder is still on the page after the runs"
+            shot(explorer, "3-explorer-after-run-2")
+
+            # the Gram–Schmidt geometry: e3 starts in the plane of e1 and e2, so q3 = 0
+            geometry_before = figure(page, GEOMETRY)
+            assert "q3 = 0 (redundant)" in geometry_before["legend"], geometry_before["legend"]
+            assert geometry_before["gl"], "the 3-D scene has no canvas (no WebGL?)"
+            phase[0] = "the geometry slider"
+            readout = move_slider(page, "e3 elevation °", "ArrowRight", 10)
+            assert readout.strip() in ("10", "10.0", "10.00"), f"the e3 elevation slider reads {readout!r}"
+            def redrawn():
+                now = figure(page, GEOMETRY)
+                return now if "q3 = 0 (redundant)" not in now["legend"] else None
+
+            geometry_after = wait_until(redrawn, 60, "the geometry figure to redraw", page)
+            moved = {t["name"]: t for t in geometry_after["traces"] if t["type"] == "scatter3d"}
+            assert "q3" in moved and any(abs(v) > 0.1 for v in (moved["q3"]["x"][1], moved["q3"]["y"][1], moved["q3"]["z"][1]))
+            geometry_panel = page.locator(".jp-OutputArea-output", has=slider(page, "e3 elevation °")).first
+            shot(geometry_panel, "4-geometry-after-slider")
+
+            # a reload shows the same figures (drawn from the widgets' synced state)
+            phase[0] = "save and reload"
+            page.keyboard.press("Control+s")
+            page.wait_for_timeout(2000)
+            drawn = {title: figure(page, title) for title in (ACCURACY, CKA, TSNE, GEOMETRY)}
+            page.reload(wait_until="domcontentloaded")
+            page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=120_000)
+            wait_until(lambda: page.locator(".js-plotly-plot").count() >= 4 and own_points(figure(page, ACCURACY)) == 2, 180,
+                       "the figures after the reload", page)
+            page.wait_for_timeout(2000)
+            for title, was in drawn.items():
+                now = figure(page, title)
+                assert now["traces"] == was["traces"], f"{title!r} differs after the reload"
+                assert now["legend"] == was["legend"] and now["xticks"] == was["xticks"], f"{title!r} differs after the reload"
+            assert not [p for p in PLACEHOLDERS if p in outputs_text(page)], "a placeholder came back after the reload"
+            explorer = page.locator(".jp-OutputArea-output", has=page.locator("button.jupyter-button", has_text=re.compile(r"^\s*Run\s*$"))).first
+            explorer.scroll_into_view_if_needed()
+            shot(explorer, "5-explorer-after-reload")
+            timings["reload"] = time.monotonic() - started
+        finally:
+            context.close()
+    problems = console_problems(messages)
+    assert not problems, "JavaScript errors in the console:\n" + "\n".join(problems[:20])
+    print(f"browser test timings (s since start): {', '.join(f'{k} {v:.0f}' for k, v in timings.items())}; screenshots in {SCREENSHOTS}")

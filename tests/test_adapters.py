@@ -425,3 +425,60 @@ def test_configs_saved_with_the_old_b_init_name_still_load():
     assert config.b_init_std == 0.05
     with pytest.raises(ValueError, match="unknown AdapterConfig fields"):
         AdapterConfig.from_dict({"method": "omoe", "b_init": 0.05})
+
+
+def kept_for_backward(forward) -> list[torch.Size]:
+    """Shapes of the tensors an op created during ``forward()`` that are still alive afterwards
+    (what autograd, or a checkpoint, keeps for the backward pass), the output excluded."""
+    import gc
+    import weakref
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    created: dict[int, tuple[weakref.ref, torch.Size]] = {}
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_leaves(out):
+                if isinstance(t, torch.Tensor):
+                    created.setdefault(t.untyped_storage().data_ptr(), (weakref.ref(t.untyped_storage()), t.shape))
+            return out
+
+    with Record():
+        out = forward()
+    gc.collect()
+    return [shape for ptr, (ref, shape) in created.items() if ref() is not None and ptr != out.untyped_storage().data_ptr()]
+
+
+@pytest.mark.parametrize("routing", ROUTINGS)
+def test_recomputing_the_gram_path_changes_no_number_and_keeps_no_gram(routing):
+    """``OMoELinear.recompute`` (the default) runs the Gram path under a checkpoint: outputs, gradients
+    and the recorded aux loss are bitwise those of keeping its intermediates, but no [N, E, E, r] or
+    [N, E, E] tensor survives the forward (without it, both do)."""
+    torch.manual_seed(0)
+    kept = make_layer("omoe", num_experts=5, load_balance_coef=0.01, **routing).double()
+    recomputed = copy.deepcopy(kept)
+    kept.recompute = False
+    assert recomputed.recompute
+    x = torch.randn(3, 7, D_IN, dtype=torch.float64)
+    probe = torch.randn(3, 7, D_OUT, dtype=torch.float64)
+    results = []
+    for layer in (kept, recomputed):
+        layer.train()
+        xi = x.clone().requires_grad_(True)
+        out = layer(xi)
+        aux = layer.aux_loss()
+        grads = torch.autograd.grad((out * probe).sum() + aux, [xi] + [p for p in layer.parameters() if p.requires_grad])
+        assert layer.aux_loss() is None  # recorded once: the recomputation does not route again
+        results.append((out, aux, grads))
+    (out_k, aux_k, grads_k), (out_r, aux_r, grads_r) = results
+    assert torch.equal(out_k, out_r) and torch.equal(aux_k, aux_r)
+    assert all(torch.equal(a, b) for a, b in zip(grads_k, grads_r))
+
+    tokens, experts, rank = 21, 5, kept.rank
+    def gram_sized(layer):
+        shapes = kept_for_backward(lambda: layer(x.clone().requires_grad_(True)))
+        return [s for s in shapes if s in (torch.Size([tokens, experts, experts, rank]), torch.Size([tokens, experts, experts]))]
+    assert gram_sized(kept) and not gram_sized(recomputed)

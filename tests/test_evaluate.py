@@ -530,3 +530,25 @@ def test_default_model_loglik_prefers_paris_and_matches_full_forward():
     assert [p.prediction for p in result.predictions] == [0, 1]  # Paris; blue
     for example, prediction in zip(examples, result.predictions):
         assert prediction.loglik_sum == pytest.approx(full_forward_logliks(model, tokenizer, example), abs=1e-3)
+
+
+def test_kv_cache_scoring_uses_no_deprecated_argument(tiny):
+    """The KV-cache path hands the context's cache back as ``past_key_values``, the argument
+    transformers 5.23's decoders take (no ``cache`` argument exists there): no Deprecation- or
+    FutureWarning may come from scoring, so a rename in a later transformers shows up here."""
+    import logging
+    import warnings
+
+    model, tokenizer = tiny
+    logged: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: logged.append(record.getMessage())  # transformers also warns through logging
+    logging.getLogger("transformers").addHandler(handler)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DeprecationWarning)
+            warnings.simplefilter("error", FutureWarning)
+            evaluate(model, tokenizer, EXAMPLES, "loglik", batch_size=3, progress=False)
+    finally:
+        logging.getLogger("transformers").removeHandler(handler)
+    assert not [m for m in logged if "deprecat" in m.lower() or "past_key_values" in m], logged

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .config import AdapterConfig
 from .moe import MoELoRALinear
@@ -39,6 +40,8 @@ class OMoELinear(MoELoRALinear):
     method = "omoe"
     # precision of the Gram matrix and its factorizations (docs/decisions.md); MPS has no float64
     gram_dtype: torch.dtype = torch.float64
+    # recompute the Gram path in backward instead of keeping its intermediates (mixed_inputs)
+    recompute: bool = True
 
     def __init__(self, base_layer: nn.Module, config: AdapterConfig, num_experts: int, layer_index: int | None = None):
         super().__init__(base_layer, config, num_experts, layer_index)
@@ -82,27 +85,37 @@ class OMoELinear(MoELoRALinear):
         return self.slot_orthogonal_outputs(x)[..., self.num_shared :, :]
 
     def mixed_inputs(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        """``w ⊙ a``, formed in the Gram's dtype from the very tensor the Gram is built from.
+        """``m · w ⊙ a``, formed in the Gram's dtype from the very tensor the Gram is built from.
 
         For an expert at relative distance ρ from the span of the others, ``w`` grows like 1/ρ and
         the gradient reaching ``a`` through the Gram and through ``w ⊙ a`` has two large parts that
         cancel. They must meet in float64 and be rounded to ``a``'s dtype only as a sum: rounded
         apart, an fp16 ``a`` received inf from one and −inf from the other (NaN) where the true
         gradient was small.
-        """
-        # a guard on Python values (dtype, device, config): no tensor is read, nothing syncs
-        wide = a.to(self.check_gram_precision(a.device))
-        return (wide * self.mixing_weights(x, wide).unsqueeze(-1)).to(a.dtype)
 
-    def mixing_weights(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        """``m · w`` [..., S + E] in the Gram's dtype, from the rank-space Gram of the slots' ``a``."""
-        gates, active = self.slot_gates(x)
-        lead, slots = a.shape[:-2], a.shape[-2]
-        flat_a = a.reshape(-1, slots, self.rank)
+        Memory (``recompute``, the default): while autograd records, the Gram path runs under
+        ``torch.utils.checkpoint``, so the layer keeps for backward only what vanilla MoE-LoRA keeps
+        (``a`` and the gates) and recomputes the rank-space Gram and its factorizations in the
+        backward pass; without it the [tokens, E, E, r] float64 intermediate of the Gram and the
+        [tokens, E, E] factors stay alive until backward (``docs/benchmarks.md``: the trade-off).
+        """
+        gates, active = self.slot_gates(x)  # outside the checkpoint: routing records its logits once
+        # a guard on Python values (dtype, device, config): no tensor is read, nothing syncs
         gram_dtype = self.check_gram_precision(a.device)
-        # the Gram and its factorizations run in gram_dtype outside autocast: tiny, and precision-bound
+        if self.recompute and torch.is_grad_enabled():
+            return checkpoint(self._orthogonal_mix, a, gates, active, gram_dtype, use_reentrant=False)
+        return self._orthogonal_mix(a, gates, active, gram_dtype)
+
+    def _orthogonal_mix(self, a: torch.Tensor, gates: torch.Tensor, active: torch.Tensor, gram_dtype: torch.dtype):
+        wide = a.to(gram_dtype)
+        return (wide * self.orthogonal_weights(wide, gates, active).unsqueeze(-1)).to(a.dtype)
+
+    def orthogonal_weights(self, a: torch.Tensor, gates: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        """``m · w`` [..., S + E] in ``a``'s dtype, from the rank-space Gram of the slots' ``a``."""
+        lead, slots = a.shape[:-2], a.shape[-2]
+        # the Gram and its factorizations run in the Gram's dtype outside autocast: tiny, and precision-bound
         with torch.autocast(device_type=a.device.type, enabled=False):
-            gram = expert_gram(flat_a, self.slot_B(), gram_dtype)
+            gram = expert_gram(a.reshape(-1, slots, self.rank), self.slot_B(), a.dtype)
             weights = gram_schmidt_weights(
                 gram,
                 gates.reshape(-1, slots),

@@ -174,7 +174,8 @@ def gram_schmidt_weights(
 
     def factor(keep: torch.Tensor, diagonal_jitter: float) -> torch.Tensor:
         pairs = keep[..., :, None] & keep[..., None, :]
-        return torch.linalg.cholesky_ex(torch.where(pairs, cosines, eye) + diagonal_jitter * eye).L
+        masked = torch.where(pairs, cosines, eye)
+        return torch.linalg.cholesky_ex(masked + diagonal_jitter * eye if diagonal_jitter else masked).L
 
     with torch.no_grad():  # only decides which experts are live; no gradient flows through it
         relative_residual = factor(nonzero, jitter).diagonal(dim1=-2, dim2=-1)

@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--cache-dir", default=None, help="cache folder (default: $OMOE_LAB_CACHE or ~/.cache/omoe_lab)")
     fetch.set_defaults(handler=_fetch)
 
-    bench = sub.add_parser("bench", help="benchmark one adapted layer (OMoE fast path vs naive vs MoE-LoRA vs LoRA)",
+    bench = sub.add_parser("bench", help="benchmarks: layer, peers (PEFT, MixLoRA), scaling, end to end, scoring",
                            description="Arguments after `bench` go to the benchmark; see `omoe-lab bench --help`.", add_help=False)
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     bench.set_defaults(handler=_bench)
@@ -362,7 +362,7 @@ def _fetch(args) -> int:
 
 
 def _bench(args) -> int:
-    from .benchmark import main as bench_main
+    from .bench import main as bench_main
 
     bench_main(args.bench_args)
     return 0

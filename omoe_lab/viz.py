@@ -736,3 +736,57 @@ def specialization_heatmap(result, layer: str | None = None, title: str | None =
                      for name in shown],
         )])
     return _finish(fig, heading(shown[-1]))
+
+
+# --- cost ------------------------------------------------------------------------------------
+_SWEEP_AXES = {"experts": ("experts", "experts E per layer"), "tokens": ("tokens", "tokens per batch")}
+
+
+def _sweep_title(held, sweep: str) -> str:
+    """What a sweep's panel varies, and what it keeps fixed (read off one of its rows)."""
+    width = f", d {format_count(held['d'])}" if "d" in held else ""
+    if sweep == "experts":
+        return f"against E ({format_count(held['tokens'])} tokens{width})"
+    return f"against tokens (E = {format_count(held['experts'])}{width})"
+
+
+def cost_scaling(result, title: str = "Cost of one adapted layer (forward + backward)") -> go.Figure:
+    """Time and saved-for-backward memory against the number of experts and against tokens.
+
+    ``result``: the ``scaling`` benchmark's result (``omoe-lab bench --part scaling``, its JSON
+    ``benchmarks/results/scaling.json`` read back, or its ``rows`` as a DataFrame) with columns
+    ``sweep`` (``"experts"`` / ``"tokens"``), ``tokens``, ``experts``, ``method``, ``ms``,
+    ``saved_mib``. Columns: one sweep each; rows: time (median, ms), then saved memory (MiB).
+    Log x axes, so a doubling is one step; one colour per method, as in every other figure.
+    """
+    from plotly.subplots import make_subplots
+
+    frame = pd.DataFrame(result["rows"] if isinstance(result, Mapping) else result)
+    _require_columns(frame, ["sweep", "tokens", "experts", "method", "ms", "saved_mib"], "cost_scaling")
+    sweeps = [s for s in _SWEEP_AXES if s in set(frame["sweep"])]
+    fig = make_subplots(rows=2, cols=len(sweeps), shared_xaxes="columns", vertical_spacing=0.12, horizontal_spacing=0.1,
+                        subplot_titles=[_sweep_title(frame[frame["sweep"] == s].iloc[0], s) for s in sweeps]
+                        + [""] * len(sweeps))
+    methods = list(dict.fromkeys(frame["method"]))
+    for col, sweep in enumerate(sweeps, start=1):
+        x_column, x_title = _SWEEP_AXES[sweep]
+        part = frame[frame["sweep"] == sweep].sort_values(x_column)
+        for index, method in enumerate(methods):
+            rows = part[part["method"] == method]
+            if rows.empty:
+                continue
+            for row, (value, unit) in enumerate((("ms", "ms"), ("saved_mib", "MiB")), start=1):
+                fig.add_trace(go.Scatter(
+                    x=rows[x_column], y=rows[value], mode="lines+markers", name=method_label(method), legendgroup=method,
+                    showlegend=col == 1 and row == 1, line=dict(color=method_color(method, index), width=2),
+                    marker=dict(size=7),
+                    hovertemplate=f"{method_label(method)}<br>{x_column} %{{x}}: %{{y:.3g}} {unit}<extra></extra>",
+                ), row=row, col=col)
+        ticks = sorted({int(v) for v in part[x_column]})
+        fig.update_xaxes(type="log", tickmode="array", tickvals=ticks, ticktext=[format_count(t) for t in ticks], col=col)
+        fig.update_xaxes(title_text=x_title, row=2, col=col)
+    fig.update_yaxes(rangemode="tozero")
+    fig.update_yaxes(title_text="time (ms, median)", row=1, col=1)
+    fig.update_yaxes(title_text="saved for backward (MiB)", row=2, col=1)
+    fig.update_layout(height=640)
+    return _finish(fig, title, "method")

@@ -384,3 +384,17 @@ def test_specialization_heatmap_from_a_sweep_arm():
     fig = viz.specialization_heatmap(arm)
     assert [t.name for t in fig.data] == ["L28 v_proj", "L29 v_proj"] and fig.data[1].visible
     assert fig.data[1].zmax == 1.0  # two experts: 2/E caps at 1
+
+
+def test_cost_scaling_one_line_per_method_in_each_of_four_panels_on_log_axes():
+    rows = [dict(sweep="experts", tokens=2048, d=576, experts=e, method=m, ms=float(e * (i + 1)), saved_mib=float(e))
+            for e in (1, 2, 4) for i, m in enumerate(("lora", "moe", "omoe"))]
+    rows += [dict(sweep="tokens", tokens=t, d=576, experts=4, method=m, ms=t / 100, saved_mib=t / 1000)
+             for t in (512, 1024) for m in ("lora", "moe", "omoe")]
+    fig = viz.cost_scaling({"rows": rows})
+    assert len(fig.data) == 3 * 4 and sum(bool(t.showlegend) for t in fig.data) == 3  # 3 methods × (2 sweeps × time, memory)
+    assert {t.line.color for t in fig.data if t.name == "OMoE"} == {viz.METHOD_COLORS["omoe"]}
+    assert fig.layout.xaxis.type == "log" and list(fig.layout.xaxis.tickvals) == [1, 2, 4]
+    assert "2,048 tokens" in fig.layout.annotations[0].text and "E = 4" in fig.layout.annotations[1].text
+    with pytest.raises(ValueError, match="cost_scaling needs columns"):
+        viz.cost_scaling({"rows": [dict(sweep="tokens", tokens=1)]})

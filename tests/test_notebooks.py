@@ -31,8 +31,8 @@ NOTEBOOK_TIMEOUT_S = 5400
 
 def test_notebooks_are_committed_clean():
     """No stored outputs, execution counts or widget state: diffs stay readable, the repo small."""
-    assert [p.name for p in NOTEBOOKS][:6] == ["00_tour.ipynb", "01_collapse.ipynb", "02_gram_schmidt.ipynb", "03_lora_to_moe.ipynb",
-                                               "04_finetune_real.ipynb", "05_how_many_experts.ipynb"]
+    assert [p.name for p in NOTEBOOKS][:7] == ["00_tour.ipynb", "01_collapse.ipynb", "02_gram_schmidt.ipynb", "03_lora_to_moe.ipynb",
+                                               "04_finetune_real.ipynb", "05_how_many_experts.ipynb", "06_cost_and_scale.ipynb"]
     for path in NOTEBOOKS:
         notebook = json.loads(path.read_text())
         code = [cell for cell in notebook["cells"] if cell["cell_type"] == "code"]

@@ -38,9 +38,10 @@ def writable_folder(folder: str | os.PathLike, fix: str = "choose another --out"
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write-test"
-        probe.write_text("")
-        probe.unlink()
+        # a probe of its own (unique name, removed on close): processes of one `accelerate launch`
+        # probing the same folder at once must not delete each other's
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
     except OSError as error:
         raise PermissionError(f"cannot write to output folder {folder}: {error}; {fix}") from error
     return folder

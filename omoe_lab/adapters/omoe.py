@@ -103,7 +103,8 @@ class OMoELinear(MoELoRALinear):
         # a guard on Python values (dtype, device, config): no tensor is read, nothing syncs
         gram_dtype = self.check_gram_precision(a.device)
         if self.recompute and torch.is_grad_enabled():
-            return checkpoint(self._orthogonal_mix, a, gates, active, gram_dtype, use_reentrant=False)
+            # nothing random inside (dropout acted on x before): no RNG state to stash and restore
+            return checkpoint(self._orthogonal_mix, a, gates, active, gram_dtype, use_reentrant=False, preserve_rng_state=False)
         return self._orthogonal_mix(a, gates, active, gram_dtype)
 
     def _orthogonal_mix(self, a: torch.Tensor, gates: torch.Tensor, active: torch.Tensor, gram_dtype: torch.dtype):

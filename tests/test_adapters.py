@@ -428,8 +428,8 @@ def test_configs_saved_with_the_old_b_init_name_still_load():
 
 
 def kept_for_backward(forward) -> list[torch.Size]:
-    """Shapes of the tensors an op created during ``forward()`` that are still alive afterwards
-    (what autograd, or a checkpoint, keeps for the backward pass), the output excluded."""
+    """Shapes of the tensors whose storage an op allocated during ``forward()`` and that are still
+    alive afterwards (what autograd, or a checkpoint, keeps for the backward pass), the output excluded."""
     import gc
     import weakref
 
@@ -441,8 +441,9 @@ def kept_for_backward(forward) -> list[torch.Size]:
     class Record(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
-            for t in tree_leaves(out):
-                if isinstance(t, torch.Tensor):
+            inputs = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+            for t in tree_leaves(out):  # storages the op allocated, not views of its inputs'
+                if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
                     created.setdefault(t.untyped_storage().data_ptr(), (weakref.ref(t.untyped_storage()), t.shape))
             return out
 
@@ -482,3 +483,4 @@ def test_recomputing_the_gram_path_changes_no_number_and_keeps_no_gram(routing):
         shapes = kept_for_backward(lambda: layer(x.clone().requires_grad_(True)))
         return [s for s in shapes if s in (torch.Size([tokens, experts, experts, rank]), torch.Size([tokens, experts, experts]))]
     assert gram_sized(kept) and not gram_sized(recomputed)
+

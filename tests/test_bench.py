@@ -140,7 +140,7 @@ def test_bad_options_are_refused_with_a_message():
 
 def test_saved_bytes_count_what_backward_keeps_checkpoints_included():
     """By hand: ``sin(exp(x))`` keeps exp's result once (exp saves it, sin saves it as its input);
-    the output, the input and parameters are not counted; under no_grad nothing is kept; a
+    the output, the input (or a view of it) and parameters are not counted; under no_grad nothing is kept; a
     checkpointed ``sin`` keeps its input (invisible to a saved-tensor pack hook) and nothing else."""
     from torch.utils.checkpoint import checkpoint
 
@@ -150,6 +150,7 @@ def test_saved_bytes_count_what_backward_keeps_checkpoints_included():
     weight = torch.nn.Parameter(torch.randn(1000))
     assert saved_activation_bytes(lambda: torch.sin(torch.exp(x))) == 4000
     assert saved_activation_bytes(lambda: torch.sin(x * weight), exclude=[weight]) == 4000  # the product, not x or weight
+    assert saved_activation_bytes(lambda: torch.sin(x.view(10, 100))) == 0  # a view of the input is the caller's memory
     with torch.no_grad():
         assert saved_activation_bytes(lambda: torch.sin(torch.exp(x))) == 0
     kept = saved_activation_bytes(lambda: checkpoint(lambda t: torch.sin(torch.cos(t)), torch.exp(x), use_reentrant=False))

@@ -30,6 +30,14 @@ def init_lora(lora_A: torch.Tensor, lora_B: torch.Tensor, b_init_std: float | No
         nn.init.zeros_(lora_B)
 
 
+def project(x: torch.Tensor, lora_A: torch.Tensor) -> torch.Tensor:
+    """``A_i x`` for every expert i: [..., d_in] × [E, r, d_in] → [..., E, r], as one matmul with the
+    stacked ``A`` ([E·r, d_in], a view of the parameter); the einsum over ``e`` it replaces ran as a
+    batched matmul, 9 % slower for a LoRA at 4096 tokens × 2048 (forward + backward, 2 CPU threads)."""
+    num_experts, rank, d_in = lora_A.shape
+    return (x @ lora_A.reshape(num_experts * rank, d_in).T).unflatten(-1, (num_experts, rank))
+
+
 class LoRALinear(nn.Module):
     """``y = W0 x + s · Σ_i w_i B_i A_i x`` over E rank-r experts; plain LoRA is E = 1, w = 1.
 
@@ -74,7 +82,7 @@ class LoRALinear(nn.Module):
     # --- the maths, per token -------------------------------------------------------------
     def expert_inputs(self, x: torch.Tensor) -> torch.Tensor:
         """``a_i = A_i x``: [..., d_in] → [..., E, r]."""
-        return torch.einsum("...d,erd->...er", x.to(self.lora_A.dtype), self.lora_A)
+        return project(x.to(self.lora_A.dtype), self.lora_A)
 
     def route(self, x: torch.Tensor) -> torch.Tensor:
         """Gates [..., E]; a single LoRA always uses its one expert."""
@@ -90,7 +98,7 @@ class LoRALinear(nn.Module):
         a = self.expert_inputs(x)
         if not self.num_shared:
             return a
-        shared = torch.einsum("...d,erd->...er", x.to(self.lora_A.dtype), self.shared_lora_A)
+        shared = project(x.to(self.lora_A.dtype), self.shared_lora_A)
         return torch.cat([shared, a], dim=-2)
 
     def slot_B(self) -> torch.Tensor:
@@ -121,7 +129,9 @@ class LoRALinear(nn.Module):
         """
         x = x.to(self.lora_A.dtype)
         a = self.mixed_inputs(x, self.slot_inputs(self.dropout(x)))
-        return self.scaling * torch.einsum("...er,eor->...o", a, self.slot_B())
+        b = self.slot_B()
+        b_cat = b.permute(1, 0, 2).reshape(b.shape[1], -1)  # [d_out, (S + E)·r]: a small copy of the weights
+        return self.scaling * (a.flatten(-2) @ b_cat.T)
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         # shape and dtype are Python-level facts: checking them costs no host synchronization

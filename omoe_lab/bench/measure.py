@@ -77,7 +77,8 @@ def _storage_key(tensor: torch.Tensor) -> tuple[str, int] | None:
 
 
 class _CreatedStorages(TorchDispatchMode):
-    """Weak references to the storage of every tensor an operation returns."""
+    """Weak references to every storage an operation allocates (not the views it returns of its
+    inputs' storages: a reshaped input is the caller's memory, not the forward's)."""
 
     def __init__(self):
         super().__init__()
@@ -85,8 +86,9 @@ class _CreatedStorages(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        inputs = {_storage_key(t) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
         for tensor in tree_leaves(out):
-            if isinstance(tensor, torch.Tensor) and _storage_key(tensor) is not None:
+            if isinstance(tensor, torch.Tensor) and (key := _storage_key(tensor)) is not None and key not in inputs:
                 self.created.append(weakref.ref(tensor.untyped_storage()))
         return out
 

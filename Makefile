@@ -22,7 +22,7 @@ demo: env
 	$(BIN)/omoe-lab demo $(if $(OUT),--out $(OUT))
 
 test: env
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 # The browser test's Chromium: Debian's package (CI is Debian, as root). Playwright itself comes with the
 # dev extras; its own browser downloads (playwright install) are never used. Without a Chromium the test skips.

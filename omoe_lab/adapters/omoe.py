@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from .config import AdapterConfig
 from .moe import MoELoRALinear
+from .orthogonal_mix import orthogonal_mix
 from .orthogonal import (
     check_resolvable_tol, expert_gram, gram_schmidt, gram_schmidt_weights, resolvable_tol, round_up,
 )
@@ -40,7 +40,7 @@ class OMoELinear(MoELoRALinear):
     method = "omoe"
     # precision of the Gram matrix and its factorizations (docs/decisions.md); MPS has no float64
     gram_dtype: torch.dtype = torch.float64
-    # recompute the Gram path in backward instead of keeping its intermediates (mixed_inputs)
+    # the hand-derived backward that recomputes the Gram path instead of keeping it (mixed_inputs)
     recompute: bool = True
 
     def __init__(self, base_layer: nn.Module, config: AdapterConfig, num_experts: int, layer_index: int | None = None):
@@ -93,21 +93,24 @@ class OMoELinear(MoELoRALinear):
         apart, an fp16 ``a`` received inf from one and −inf from the other (NaN) where the true
         gradient was small.
 
-        Memory (``recompute``, the default): while autograd records, the Gram path runs under
-        ``torch.utils.checkpoint``, so the layer keeps for backward only what vanilla MoE-LoRA keeps
-        (``a`` and the gates) and recomputes the rank-space Gram and its factorizations in the
-        backward pass; without it the [tokens, E, E, r] float64 intermediate of the Gram and the
-        [tokens, E, E] factors stay alive until backward (``docs/benchmarks.md``: the trade-off).
+        Memory and time (``recompute``, the default): the Gram path is one autograd Function
+        (``orthogonal_mix``) whose backward is derived by hand; it keeps for backward only what
+        vanilla MoE-LoRA keeps (``a`` and the gates, plus the [tokens, E] live mask) and recomputes
+        the rank-space Gram and one factorization there. ``recompute = False`` runs autograd
+        through the same maths instead (the reference the hand-derived backward is tested
+        against): the [tokens, E, E, r] float64 product and the [tokens, E, E] factors then stay
+        alive until backward (``docs/benchmarks.md``: the trade-off).
         """
-        gates, active = self.slot_gates(x)  # outside the checkpoint: routing records its logits once
+        gates, active = self.slot_gates(x)
         # a guard on Python values (dtype, device, config): no tensor is read, nothing syncs
         gram_dtype = self.check_gram_precision(a.device)
-        if self.recompute and torch.is_grad_enabled():
-            # nothing random inside (dropout acted on x before): no RNG state to stash and restore
-            return checkpoint(self._orthogonal_mix, a, gates, active, gram_dtype, use_reentrant=False, preserve_rng_state=False)
-        return self._orthogonal_mix(a, gates, active, gram_dtype)
-
-    def _orthogonal_mix(self, a: torch.Tensor, gates: torch.Tensor, active: torch.Tensor, gram_dtype: torch.dtype):
+        if self.recompute:
+            slots = a.shape[-2]
+            mixed = orthogonal_mix(
+                a.reshape(-1, slots, self.rank), self.slot_B(), gates.reshape(-1, slots), active.reshape(-1, slots),
+                self.magnitude, self.orthogonalize, self.redundancy_tol, gram_dtype,
+            )
+            return mixed.reshape(a.shape)
         wide = a.to(gram_dtype)
         return (wide * self.orthogonal_weights(wide, gates, active).unsqueeze(-1)).to(a.dtype)
 

@@ -19,6 +19,7 @@ but 3.45e-2 in float32. A smaller ``tol`` is refused with a ValueError, never si
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -70,14 +71,26 @@ def expert_gram(a: torch.Tensor, lora_B: torch.Tensor, dtype: torch.dtype = torc
     Float64 by default: the Gram squares the experts' condition number, and its rounding error is
     what limits how well the implicit columns are orthonormal (it is a tiny tensor).
     """
+    a = a.to(dtype)
+    return gram_of_product(metric_product(a, expert_metric(lora_B, dtype)[1]), a)
+
+
+def expert_metric(lora_B: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B_cat, M)``: ``B_cat`` [d_out, E·r] and ``M = B_catᵀ B_cat`` viewed [E, r, E·r] (block rows)."""
     num_experts, d_out, rank = lora_B.shape
     b_cat = lora_B.to(dtype).permute(1, 0, 2).reshape(d_out, num_experts * rank)
-    metric = (b_cat.T @ b_cat).view(num_experts, rank, num_experts * rank)
-    a = a.to(dtype)
-    # one batched matmul over experts e: a_eᵀ (B_eᵀ B_f) for every f, then the dot with a_f
-    metric_a = torch.bmm(a.transpose(0, 1), metric)  # [E, N, E·r]
-    metric_a = metric_a.view(num_experts, -1, num_experts, rank).transpose(0, 1)  # [N, E, E, r]
-    return (metric_a * a.unsqueeze(1)).sum(-1)
+    return b_cat, (b_cat.T @ b_cat).view(num_experts, rank, num_experts * rank)
+
+
+def metric_product(a: torch.Tensor, metric: torch.Tensor) -> torch.Tensor:
+    """``T[i, t, j, q] = (a_tiᵀ M_ij)_q`` [E, N, E, r]: one batched matmul over the experts i."""
+    num_experts, rank = metric.shape[:2]
+    return torch.bmm(a.transpose(0, 1), metric).view(num_experts, -1, num_experts, rank)
+
+
+def gram_of_product(product: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """``G[t, i, j] = Σ_q T[i, t, j, q] a[t, j, q]`` [N, E, E]."""
+    return (product.transpose(0, 1) * a.unsqueeze(1)).sum(-1)
 
 
 def cosine_penalty(gram: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
@@ -137,6 +150,16 @@ def round_up(value: float, digits: int = 2) -> float:
     return math.ceil(value / step) * step
 
 
+class GramSchmidtFactors(NamedTuple):
+    """What ``gram_schmidt_factors`` computes on the way to the weights (the analytic backward reuses it)."""
+
+    weights: torch.Tensor  # w [N, E]: Σ_k g_k q_k = Σ_j w_j e_j
+    solution: torch.Tensor  # y = L^{-T} c [N, E], so w = y ⊙ D^{-1/2}
+    chol: torch.Tensor  # L [N, E, E]: C = L Lᵀ on the live experts, identity rows elsewhere
+    inv_norm: torch.Tensor  # 1/‖e_k‖ [N, E], 0 where not live
+    scale: torch.Tensor  # the mode's scale of each q̂_k [N, E] (c = g ⊙ scale ⊙ live)
+
+
 def gram_schmidt_weights(
     gram: torch.Tensor,
     gates: torch.Tensor,
@@ -152,44 +175,61 @@ def gram_schmidt_weights(
     ``L_kk = ‖u_k‖/‖e_k‖`` is each expert's relative residual, so
 
     1. factor ``C + δI`` (inactive experts replaced by identity rows) and call expert k
-       redundant when ``L_kk ≤ tol`` (``δ = (tol/10)²`` keeps exact duplicates factorizable);
+       redundant when ``L_kk ≤ tol`` (``δ = (tol/10)²`` keeps exact duplicates factorizable):
+       ``live_experts``;
     2. factor ``C`` again without the redundant experts, and solve
        ``w = D^{-1/2} L^{-T} (g ⊙ scale)`` with scale 1 (stiefel), ``L_kk ‖e_k‖`` (orthogonal)
-       or ``‖e_k‖`` (norm_preserving).
+       or ``‖e_k‖`` (norm_preserving): ``gram_schmidt_factors``.
 
     Batched over tokens, no Python loop over experts, no host synchronization. Raises a ValueError
     when ``tol < resolvable_tol(gram.dtype)`` (a float32 Gram with the default 1e-4, for one).
     """
     _check_mode(mode)
     check_resolvable_tol(tol, gram.dtype)
-    num_experts = gram.shape[-1]
-    eye = torch.eye(num_experts, dtype=gram.dtype, device=gram.device)
-    # ≥ 100·eps(dtype) by the check above: above the factorization's round-off
-    jitter = (tol / 10) ** 2
+    return gram_schmidt_factors(gram, gates, live_experts(gram, active, tol), mode).weights
 
+
+def normalized(gram: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(1/‖e_k‖, C)``: inverse norms [N, E] (0 where not ``keep`` or zero) and the cosine matrix
+    ``C = D^{-1/2} G D^{-1/2}`` [N, E, E] (rows and columns of those experts 0)."""
     squared_norms = gram.diagonal(dim1=-2, dim2=-1)
-    nonzero = active & (squared_norms > 0)
-    inv_norm = torch.where(nonzero, torch.where(nonzero, squared_norms, 1.0).rsqrt(), 0.0)
-    cosines = gram * inv_norm[..., :, None] * inv_norm[..., None, :]
+    keep = keep & (squared_norms > 0)
+    inv_norm = torch.where(keep, torch.where(keep, squared_norms, 1.0).rsqrt(), 0.0)
+    return inv_norm, gram * inv_norm[..., :, None] * inv_norm[..., None, :]
 
-    def factor(keep: torch.Tensor, diagonal_jitter: float) -> torch.Tensor:
-        pairs = keep[..., :, None] & keep[..., None, :]
-        masked = torch.where(pairs, cosines, eye)
-        return torch.linalg.cholesky_ex(masked + diagonal_jitter * eye if diagonal_jitter else masked).L
 
-    with torch.no_grad():  # only decides which experts are live; no gradient flows through it
-        relative_residual = factor(nonzero, jitter).diagonal(dim1=-2, dim2=-1)
-    live = nonzero & (relative_residual > tol)
-    chol = factor(live, 0.0)
+def masked_cholesky(cosines: torch.Tensor, keep: torch.Tensor, jitter: float = 0.0) -> torch.Tensor:
+    """``L`` of ``C + δI`` on the experts in ``keep``, with identity rows and columns for the others."""
+    eye = torch.eye(cosines.shape[-1], dtype=cosines.dtype, device=cosines.device)
+    masked = torch.where(keep[..., :, None] & keep[..., None, :], cosines, eye)
+    return torch.linalg.cholesky_ex(masked + jitter * eye if jitter else masked).L
+
+
+def live_experts(gram: torch.Tensor, active: torch.Tensor, tol: float) -> torch.Tensor:
+    """Experts with a direction of their own [N, E] (bool): active, non-zero, and a relative residual
+    ``L_kk > tol`` in the factorization of ``C + δI``, ``δ = (tol/10)²`` (≥ 100·eps(dtype) whenever
+    ``check_resolvable_tol`` passes: above the factorization's round-off). Decides only; no gradient."""
+    with torch.no_grad():
+        inv_norm, cosines = normalized(gram, active)
+        nonzero = inv_norm > 0
+        relative_residual = masked_cholesky(cosines, nonzero, (tol / 10) ** 2).diagonal(dim1=-2, dim2=-1)
+        return nonzero & (relative_residual > tol)
+
+
+def gram_schmidt_factors(gram: torch.Tensor, gates: torch.Tensor, live: torch.Tensor, mode: str) -> GramSchmidtFactors:
+    """Step 2 of ``gram_schmidt_weights`` on the ``live`` experts: ``w = D^{-1/2} L^{-T} (g ⊙ scale ⊙ live)``."""
+    inv_norm, cosines = normalized(gram, live)
+    chol = masked_cholesky(cosines, live)
+    norm = 1.0 / torch.where(live, inv_norm, 1.0)
     if mode == "stiefel":
-        scale = torch.ones_like(squared_norms)
+        scale = torch.ones_like(inv_norm)
     elif mode == "orthogonal":
-        scale = chol.diagonal(dim1=-2, dim2=-1) / torch.where(live, inv_norm, 1.0)
+        scale = chol.diagonal(dim1=-2, dim2=-1) * norm
     else:
-        scale = 1.0 / torch.where(live, inv_norm, 1.0)
+        scale = norm
     coefficients = (gates.to(gram.dtype) * scale * live)[..., None]
-    weights = torch.linalg.solve_triangular(chol.mT, coefficients, upper=True)[..., 0]
-    return weights * inv_norm
+    solution = torch.linalg.solve_triangular(chol.mT, coefficients, upper=True)[..., 0]
+    return GramSchmidtFactors(solution * inv_norm, solution, chol, inv_norm, scale)
 
 
 def _check_mode(mode: str) -> None:

@@ -155,3 +155,14 @@ def test_saved_bytes_count_what_backward_keeps_checkpoints_included():
         assert saved_activation_bytes(lambda: torch.sin(torch.exp(x))) == 0
     kept = saved_activation_bytes(lambda: checkpoint(lambda t: torch.sin(torch.cos(t)), torch.exp(x), use_reentrant=False))
     assert kept == 4000  # exp's result, held by the checkpoint; cos's result is recomputed, not kept
+
+
+def test_side_by_side_timing_interleaves_the_calls():
+    """Each repeat runs every call once, in turn, after the warm-ups: a drifting machine moves all alike."""
+    from omoe_lab.bench.measure import time_side_by_side
+
+    order = []
+    seconds = time_side_by_side({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, 3, torch.device("cpu"))
+    assert order == ["a", "b"] + ["a", "b"] * 3
+    assert {k: len(v) for k, v in seconds.items()} == {"a": 3, "b": 3}
+    assert all(t >= 0 for v in seconds.values() for t in v)

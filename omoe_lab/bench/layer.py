@@ -26,7 +26,9 @@ from torch import nn
 
 from ..adapters import AdapterConfig, LoRALinear, MoELoRALinear, OMoELinear
 from ..adapters.orthogonal import resolvable_tol
-from .measure import MiB, backward_step, cuda_peak_mib, module_tensors, saved_activation_bytes, time_calls, timing_fields
+from .measure import (
+    MiB, backward_step, cuda_peak_mib, module_tensors, saved_activation_bytes, time_calls, time_side_by_side, timing_fields,
+)
 from .options import Options
 from .record import of_ratio, ratio, row_metric, target
 
@@ -87,18 +89,21 @@ def run(options: Options) -> dict:
         torch.manual_seed(1)
         x = torch.randn(tokens, d, device=device, requires_grad=True)  # as inside a network
         grad = torch.randn(tokens, d, device=device)
-        for variant in VARIANTS:
-            layer = build(variant, d, num_experts, rank, device)
-            forward = forward_of(variant, layer)
-            step = backward_step(forward, x, grad, layer.parameters())
+        layers = {variant: build(variant, d, num_experts, rank, device) for variant in VARIANTS}
+        steps = {variant: backward_step(forward_of(variant, layer), x, grad, layer.parameters())
+                 for variant, layer in layers.items()}
+        # the fast variants side by side (their ratios are the targets); the naive reference on its own
+        seconds = time_side_by_side({v: s for v, s in steps.items() if v != "omoe-naive"}, options.repeats, device)
+        seconds["omoe-naive"] = time_calls(steps["omoe-naive"], options.repeats, device)
+        for variant, layer in layers.items():
             row = {"id": f"{tokens}x{d} E{num_experts} r{rank} {variant}", "tokens": tokens, "d": d, "experts": num_experts,
-                   "rank": rank, "variant": variant, **timing_fields(time_calls(step, options.repeats, device))}
-            row["saved_mib"] = saved_activation_bytes(partial(forward, x), module_tensors(layer)) / MiB
+                   "rank": rank, "variant": variant, **timing_fields(seconds[variant])}
+            row["saved_mib"] = saved_activation_bytes(partial(forward_of(variant, layer), x), module_tensors(layer)) / MiB
             if variant in OMOE_VARIANTS:
                 row["redundancy_tol"] = layer.redundancy_tol
                 row["rel_error"] = relative_error(layer, x.detach())
             if device.type == "cuda":
-                row["cuda_peak_mib"] = cuda_peak_mib(step, device)
+                row["cuda_peak_mib"] = cuda_peak_mib(steps[variant], device)
             rows.append(row)
             error = f"  rel. error {row['rel_error']:.1e}" if "rel_error" in row else ""
             options.say(f"layer {row['id']:28s} {row['ms']:9.2f} ms  {row['saved_mib']:9.2f} MiB saved{error}")

@@ -48,6 +48,29 @@ def time_calls(call: Callable[[], object], repeats: int, device: torch.device, w
     return seconds
 
 
+def time_side_by_side(calls: dict[str, Callable[[], object]], repeats: int, device: torch.device,
+                      warmup: int = 1) -> dict[str, list[float]]:
+    """``time_calls`` of several calls, interleaved: each repeat runs every call once, in turn.
+
+    A ratio of two of them then compares calls made seconds apart, not minutes: a machine whose
+    speed drifts (a shared 2-core VM moves by ±20 % between runs) moves both alike.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    seconds: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            synchronize(device)
+            start = time.perf_counter()
+            call()
+            synchronize(device)
+            seconds[name].append(time.perf_counter() - start)
+    return seconds
+
+
 def backward_step(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grad: torch.Tensor,
                   params: Iterable[torch.Tensor]) -> Callable[[], None]:
     """One training-like call: gradients of ``x`` and ``params`` reset, then ``forward(x)`` and its

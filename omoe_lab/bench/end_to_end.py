@@ -7,6 +7,9 @@ at 256 tokens. One training step is the trainer's: the answer-token loss through
 auxiliary loss, backward, AdamW. Measured on one fixed batch (the first 8 examples of the
 shuffled training mix), the same for every method:
 
+Each method runs on its own copy of the model, and the methods' steps and the base step are timed
+side by side (each repeat runs them all in turn), so their ratios hold on a machine whose speed drifts.
+
 - ``step``: each method without and with the frozen-prefix cache (``omoe_lab.prefix``; warm:
   every sequence already recorded), its tokens/s (real tokens, as the trainer counts them), the
   bytes one step saves for backward, the CUDA peak on a GPU; ``step cold``: the cache's first
@@ -32,10 +35,10 @@ import torch
 
 from ..data.collate import encode_example, pad_encoded, pad_token_id
 from ..data.tasks import load_tasks
-from ..inject import adapter_layers, attach_adapters, detach_adapters, router_aux_loss
+from ..inject import adapter_layers, attach_adapters, router_aux_loss
 from ..prefix import FrozenPrefix
 from ..train import _answer_token_loss
-from .measure import MiB, cuda_peak_mib, module_tensors, saved_activation_bytes, time_calls, timing_fields
+from .measure import MiB, cuda_peak_mib, module_tensors, saved_activation_bytes, time_calls, time_side_by_side, timing_fields
 from .options import Options
 from .record import of_ratio, ratio, row_metric, target
 
@@ -134,6 +137,13 @@ class Session:
     def cache(self, on: bool):
         return self.prefix.active() if on else contextlib.nullcontext()
 
+    def with_cache(self, call, on: bool):
+        """``call`` run inside this session's warm cache (``on``) or without it, one call at a time."""
+        def run():
+            with self.cache(on):
+                call()
+        return run
+
     def loss(self) -> torch.Tensor:
         """The trainer's loss: answer-token cross-entropy (mean over the batch's answer tokens) + router aux."""
         model, batch = self.model, self.batch
@@ -144,57 +154,53 @@ class Session:
         return loss
 
     # --- without adapters -------------------------------------------------------------------------------
-    def measure_base(self) -> None:
-        """The prefix forward, and the frozen base's part of a step without and with the cache."""
+    def measure_prefix(self) -> None:
+        """The prefix forward: what the cache can remove."""
         self.add({"id": "prefix forward", "kind": "prefix_forward", "blocks": self.start,
                   **self.timed(partial(prefix_forward, self.model, self.batch, self.start))})
 
-        def base_step():
-            with gradient_from_block(self.model, self.start):
-                self.loss().backward()
-
-        self.model.train()
-        for cache in (False, True):
-            with self.cache(cache):
-                self.add({"id": f"base step{', cache' if cache else ''}", "kind": "base_step",
-                          "cache": "warm" if cache else "none", **self.timed(base_step)})
+    def base_step(self) -> None:
+        """The frozen base's part of a step: adapters absent, the gradient started at the first adapted block."""
+        with gradient_from_block(self.model, self.start):
+            self.loss().backward()
 
     # --- with one method's adapters ---------------------------------------------------------------------
-    def measure_steps(self, method: str) -> None:
-        """Training steps of the attached ``method``: no cache, warm cache, cold cache."""
-        model, device = self.model, self.options.device
-        model.train()
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=1e-3)
+    def step_call(self):
+        """One training step of the attached adapters (the trainer's loss, backward, AdamW)."""
+        self.model.train()
+        optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=1e-3)
 
         def step():
             optimizer.zero_grad(set_to_none=True)
             self.loss().backward()
             optimizer.step()
+        return step
 
+    def step_row(self, method: str, cache: bool, seconds: list[float], base: dict) -> dict:
+        """The row of ``method``'s step from its timings; ``base`` is the base step's row of the same cache mode."""
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        row = {"id": f"{method} step{', cache' if cache else ''}", "kind": "step", "method": method,
+               "cache": "warm" if cache else "none", "trainable": sum(p.numel() for p in trainable), **timing_fields(seconds)}
+        with self.cache(cache):
+            row["saved_mib"] = saved_activation_bytes(self.loss, module_tensors(self.model)) / MiB
+            if self.options.device.type == "cuda":
+                row["cuda_peak_mib"] = cuda_peak_mib(self.step_call(), self.options.device)
+        row["tokens_per_s"] = self.tokens / (row["ms"] / 1000)
+        row["adapter_share"] = 1 - base["ms"] / row["ms"]
+        if not cache:
+            prefix_ms = next(r["ms"] for r in self.rows if r["kind"] == "prefix_forward")
+            row["remaining_ms"] = row["ms"] - prefix_ms  # what the cache cannot remove
+        return self.add(row)
+
+    def cold_step_row(self, method: str, step) -> dict:
+        """The cache's first pass: a fresh cache records the batch's sequences, then the step."""
         def cold_step():
-            with FrozenPrefix(model, self.start).active():  # an empty cache: records the batch's sequences first
+            with FrozenPrefix(self.model, self.start).active():
                 step()
-
-        prefix_ms = next(r["ms"] for r in self.rows if r["kind"] == "prefix_forward")
-        for cache in (False, True):
-            mode = "warm" if cache else "none"
-            with self.cache(cache):
-                row = {"id": f"{method} step{', cache' if cache else ''}", "kind": "step", "method": method, "cache": mode,
-                       "trainable": sum(p.numel() for p in trainable), **self.timed(step)}
-                row["saved_mib"] = saved_activation_bytes(self.loss, module_tensors(model)) / MiB
-                if device.type == "cuda":
-                    row["cuda_peak_mib"] = cuda_peak_mib(step, device)
-            row["tokens_per_s"] = self.tokens / (row["ms"] / 1000)
-            base = next(r for r in self.rows if r["kind"] == "base_step" and r["cache"] == mode)
-            row["adapter_share"] = 1 - base["ms"] / row["ms"]
-            if not cache:
-                row["remaining_ms"] = row["ms"] - prefix_ms  # what the cache cannot remove
-            self.add(row)
         row = {"id": f"{method} step, cache cold", "kind": "step", "method": method, "cache": "cold",
                **self.timed(cold_step, cold=True)}
         row["tokens_per_s"] = self.tokens / (row["ms"] / 1000)
-        self.add(row)
+        return self.add(row)
 
     def measure_scoring(self, examples: list) -> None:
         """The loglik scorer on whole sequences without, with a cold and with a warm cache; its KV-cache path."""
@@ -211,16 +217,15 @@ class Session:
             with FrozenPrefix(model, self.start).active():
                 score(True)()
 
-        measured = [  # (row id, cache, what is timed)
-            ("scoring, no cache", "none", score(True)),
-            ("scoring, cache cold", "cold", score_cold),
-            ("scoring, KV-cache scorer", "none", score(False)),
-            ("scoring, cache", "warm", score(True)),
-        ]
-        for name, cache, call in measured:
-            with self.cache(cache == "warm"):
-                row = {"id": name, "kind": "scoring", "examples": len(examples), "cache": cache,
-                       **self.timed(call, cold=cache == "cold")}
+        # the three warm or cache-free calls side by side (their ratios are reported); the cold pass alone
+        side_by_side = {"scoring, no cache": score(True), "scoring, KV-cache scorer": score(False),
+                        "scoring, cache": self.with_cache(score(True), True)}
+        seconds = time_side_by_side(side_by_side, self.options.repeats, self.options.device)
+        timings = {name: timing_fields(seconds[name]) for name in side_by_side}
+        timings["scoring, cache cold"] = self.timed(score_cold, cold=True)
+        for name, cache in (("scoring, no cache", "none"), ("scoring, cache cold", "cold"),
+                            ("scoring, KV-cache scorer", "none"), ("scoring, cache", "warm")):
+            row = {"id": name, "kind": "scoring", "examples": len(examples), "cache": cache, **timings[name]}
             row["examples_per_s"] = len(examples) / (row["ms"] / 1000)
             self.add(row)
 
@@ -274,43 +279,64 @@ CPU_MEMORY_NOTE = ("Memory on the CPU: the bytes one step saves for backward (pa
                    "measured. On CUDA, cuda_peak_mib is the allocator's peak during a step, weights included.")
 
 
+def measure_steps(base: "Session", sessions: dict[str, "Session"]) -> None:
+    """Every method's step and the base step, side by side (``measure.time_side_by_side``): each repeat
+    runs them all in turn, so the ratios compare steps seconds apart on a machine whose speed drifts."""
+    steps = {method: session.step_call() for method, session in sessions.items()}
+    base.model.train()
+    for cache in (False, True):
+        calls = {"base": base.with_cache(base.base_step, cache)}
+        calls |= {method: sessions[method].with_cache(step, cache) for method, step in steps.items()}
+        seconds = time_side_by_side(calls, base.options.repeats, base.options.device)
+        base_row = base.add({"id": f"base step{', cache' if cache else ''}", "kind": "base_step",
+                             "cache": "warm" if cache else "none", **timing_fields(seconds["base"])})
+        for method, session in sessions.items():
+            session.step_row(method, cache, seconds[method], base_row)
+    for method, session in sessions.items():
+        session.cold_step_row(method, steps[method])
+
+
 def run(options: Options) -> dict:
     from ..experiments import RunConfig, spread, test_examples
     from ..models import load_model
 
     sizes = SMOKE if options.smoke else FULL
-    model, tokenizer = load_model(options.model_name, device=options.device, progress=options.progress)
-    num_blocks = model.config.num_hidden_layers
     common = {k: v for k, v in sizes.items() if k != "scoring_examples" and v is not None}
     configs = {m: RunConfig(method=m, num_experts=NUM_EXPERTS, profile="quick", model=options.model_name, **common)
                for m in METHODS}
     resolved = configs["omoe"].resolved()
-    session = Session(model, tokenizer, training_batch(tokenizer, configs["omoe"], options.device),
-                      num_blocks - resolved.top_blocks, options)
-    batch = {"shape": list(session.batch["input_ids"].shape), "tokens": session.tokens, "answer_tokens": session.answer_tokens}
-    options.say(f"end_to_end: {options.model_name}, adapting blocks {session.start}..{num_blocks - 1}, batch "
-                f"{batch['shape']} ({session.tokens} real tokens)")
-    session.measure_base()
-    for method, config in configs.items():
-        attach_adapters(model, config.adapter_config(num_blocks))
-        try:
-            session.measure_steps(method)
-            if method == "omoe":  # scoring as a run scores after training: with its adapters attached
-                session.measure_scoring(spread(test_examples(config), sizes["scoring_examples"]))
-        finally:
-            detach_adapters(model)
-    model.eval()
-    ratios, targets = summarize(session.rows)
+    rows: list[dict] = []  # every session adds to the same list, in the order measured
+
+    def session(config=None) -> Session:
+        """A fresh copy of the model (with ``config``'s adapters attached), sharing the rows."""
+        model, tokenizer = load_model(options.model_name, device=options.device, progress=options.progress)
+        num_blocks = model.config.num_hidden_layers
+        if config is not None:
+            attach_adapters(model, config.adapter_config(num_blocks))
+        return Session(model, tokenizer, training_batch(tokenizer, configs["omoe"], options.device),
+                       num_blocks - resolved.top_blocks, options, rows)
+
+    base = session()
+    num_blocks = base.model.config.num_hidden_layers
+    batch = {"shape": list(base.batch["input_ids"].shape), "tokens": base.tokens, "answer_tokens": base.answer_tokens}
+    options.say(f"end_to_end: {options.model_name}, adapting blocks {base.start}..{num_blocks - 1}, batch "
+                f"{batch['shape']} ({base.tokens} real tokens); one copy of the model per method")
+    base.measure_prefix()
+    sessions = {method: session(config) for method, config in configs.items()}
+    measure_steps(base, sessions)
+    # scoring as a run scores after training: with its adapters attached
+    sessions["omoe"].measure_scoring(spread(test_examples(configs["omoe"]), sizes["scoring_examples"]))
+    ratios, targets = summarize(rows)
     return {
         "description": f"{options.model_name} model, quick-profile shapes: top {resolved.top_blocks} of {num_blocks} "
                        f"blocks adapted ({', '.join(resolved.target_modules)}), rank {resolved.rank}, E = {NUM_EXPERTS} "
                        f"(LoRA rank {NUM_EXPERTS * resolved.rank}), soft routing, one fixed batch {batch['shape']} with "
-                       f"{session.tokens} real tokens.",
+                       f"{base.tokens} real tokens; each method on its own copy of the model, steps timed side by side.",
         "settings": {"model": options.model_name, "profile": "quick", "num_blocks": num_blocks,
-                     "first_adapted_block": session.start, "top_blocks": resolved.top_blocks, "rank": resolved.rank,
+                     "first_adapted_block": base.start, "top_blocks": resolved.top_blocks, "rank": resolved.rank,
                      "num_experts": NUM_EXPERTS, "target_modules": list(resolved.target_modules),
                      "batch_size": resolved.batch_size, "max_length": resolved.max_length, "batch": batch,
-                     "scoring_examples": sizes["scoring_examples"], "dtype": str(next(model.parameters()).dtype)},
-        "rows": session.rows, "ratios": ratios, "targets": targets,
+                     "scoring_examples": sizes["scoring_examples"], "dtype": str(next(base.model.parameters()).dtype)},
+        "rows": rows, "ratios": ratios, "targets": targets,
         "notes": NOTES + ([CPU_MEMORY_NOTE] if options.device.type != "cuda" else []),
     }

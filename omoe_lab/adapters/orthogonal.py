@@ -156,7 +156,7 @@ class GramSchmidtFactors(NamedTuple):
     weights: torch.Tensor  # w [N, E]: Σ_k g_k q_k = Σ_j w_j e_j
     solution: torch.Tensor  # y = L^{-T} c [N, E], so w = y ⊙ D^{-1/2}
     chol: torch.Tensor  # L [N, E, E]: C = L Lᵀ on the live experts, identity rows elsewhere
-    inv_norm: torch.Tensor  # 1/‖e_k‖ [N, E], 0 where not live
+    inv_norm: torch.Tensor  # 1/‖e_k‖ [N, E] as given (0 at least where not kept)
     scale: torch.Tensor  # the mode's scale of each q̂_k [N, E] (c = g ⊙ scale ⊙ live)
 
 
@@ -186,7 +186,8 @@ def gram_schmidt_weights(
     """
     _check_mode(mode)
     check_resolvable_tol(tol, gram.dtype)
-    return gram_schmidt_factors(gram, gates, live_experts(gram, active, tol), mode).weights
+    inv_norm, cosines = normalized(gram, active)
+    return gram_schmidt_factors(inv_norm, cosines, gates, live_experts(inv_norm, cosines, tol), mode).weights
 
 
 def normalized(gram: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -205,20 +206,25 @@ def masked_cholesky(cosines: torch.Tensor, keep: torch.Tensor, jitter: float = 0
     return torch.linalg.cholesky_ex(masked + jitter * eye if jitter else masked).L
 
 
-def live_experts(gram: torch.Tensor, active: torch.Tensor, tol: float) -> torch.Tensor:
-    """Experts with a direction of their own [N, E] (bool): active, non-zero, and a relative residual
-    ``L_kk > tol`` in the factorization of ``C + δI``, ``δ = (tol/10)²`` (≥ 100·eps(dtype) whenever
-    ``check_resolvable_tol`` passes: above the factorization's round-off). Decides only; no gradient."""
+def live_experts(inv_norm: torch.Tensor, cosines: torch.Tensor, tol: float) -> torch.Tensor:
+    """Experts with a direction of their own [N, E] (bool), from ``normalized(gram, active)``: active,
+    non-zero, and a relative residual ``L_kk > tol`` in the factorization of ``C + δI``,
+    ``δ = (tol/10)²`` (≥ 100·eps(dtype) whenever ``check_resolvable_tol`` passes: above the
+    factorization's round-off). Decides only; no gradient."""
     with torch.no_grad():
-        inv_norm, cosines = normalized(gram, active)
         nonzero = inv_norm > 0
         relative_residual = masked_cholesky(cosines, nonzero, (tol / 10) ** 2).diagonal(dim1=-2, dim2=-1)
         return nonzero & (relative_residual > tol)
 
 
-def gram_schmidt_factors(gram: torch.Tensor, gates: torch.Tensor, live: torch.Tensor, mode: str) -> GramSchmidtFactors:
-    """Step 2 of ``gram_schmidt_weights`` on the ``live`` experts: ``w = D^{-1/2} L^{-T} (g ⊙ scale ⊙ live)``."""
-    inv_norm, cosines = normalized(gram, live)
+def gram_schmidt_factors(
+    inv_norm: torch.Tensor, cosines: torch.Tensor, gates: torch.Tensor, live: torch.Tensor, mode: str
+) -> GramSchmidtFactors:
+    """Step 2 of ``gram_schmidt_weights`` on the ``live`` experts: ``w = D^{-1/2} L^{-T} (g ⊙ scale ⊙ live)``.
+
+    ``inv_norm`` and ``cosines`` are ``normalized(gram, keep)`` for any ``keep ⊇ live`` (the active
+    experts, say): only live rows and columns are read, and ``y_k = 0`` wherever k is not live.
+    """
     chol = masked_cholesky(cosines, live)
     norm = 1.0 / torch.where(live, inv_norm, 1.0)
     if mode == "stiefel":
@@ -227,7 +233,7 @@ def gram_schmidt_factors(gram: torch.Tensor, gates: torch.Tensor, live: torch.Te
         scale = chol.diagonal(dim1=-2, dim2=-1) * norm
     else:
         scale = norm
-    coefficients = (gates.to(gram.dtype) * scale * live)[..., None]
+    coefficients = (gates.to(cosines.dtype) * scale * live)[..., None]
     solution = torch.linalg.solve_triangular(chol.mT, coefficients, upper=True)[..., 0]
     return GramSchmidtFactors(solution * inv_norm, solution, chol, inv_norm, scale)
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from .orthogonal import expert_metric, gram_of_product, gram_schmidt_factors, live_experts, metric_product
+from .orthogonal import expert_metric, gram_of_product, gram_schmidt_factors, live_experts, metric_product, normalized
 
 
 def orthogonal_mix(
@@ -70,8 +70,9 @@ class OrthogonalMix(torch.autograd.Function):
         with torch.autocast(device_type=a.device.type, enabled=False):
             wide = a.to(gram_dtype)
             gram = chunked_gram(wide, expert_metric(slot_B, gram_dtype)[1])
-            live = live_experts(gram, active, tol)
-            weights = gram_schmidt_factors(gram, gates, live, mode).weights
+            inv_norm, cosines = normalized(gram, active)
+            live = live_experts(inv_norm, cosines, tol)
+            weights = gram_schmidt_factors(inv_norm, cosines, gates, live, mode).weights
             out = (magnitude.to(gram_dtype) * weights).unsqueeze(-1) * wide
         ctx.save_for_backward(a, slot_B, gates, magnitude, live)
         ctx.mode, ctx.gram_dtype = mode, gram_dtype
@@ -104,7 +105,7 @@ class OrthogonalMix(torch.autograd.Function):
 
 def mixing_backward(wide, grad_out, gram, gates, live, m, mode):
     """From ``ō`` to ``(ā without the Gram's part, Ḡ, ḡ, m̄)``, all tokens at once (the docstring's steps)."""
-    f = gram_schmidt_factors(gram, gates, live, mode)
+    f = gram_schmidt_factors(*normalized(gram, live), gates, live, mode)
     chol, inv_norm, y = f.chol, f.inv_norm, f.solution
     # out = m·w⊙a
     s = (grad_out * wide).sum(-1)

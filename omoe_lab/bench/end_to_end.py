@@ -154,10 +154,9 @@ class Session:
         return loss
 
     # --- without adapters -------------------------------------------------------------------------------
-    def measure_prefix(self) -> None:
+    def prefix_call(self):
         """The prefix forward: what the cache can remove."""
-        self.add({"id": "prefix forward", "kind": "prefix_forward", "blocks": self.start,
-                  **self.timed(partial(prefix_forward, self.model, self.batch, self.start))})
+        return partial(prefix_forward, self.model, self.batch, self.start)
 
     def base_step(self) -> None:
         """The frozen base's part of a step: adapters absent, the gradient started at the first adapted block."""
@@ -280,14 +279,19 @@ CPU_MEMORY_NOTE = ("Memory on the CPU: the bytes one step saves for backward (pa
 
 
 def measure_steps(base: "Session", sessions: dict[str, "Session"]) -> None:
-    """Every method's step and the base step, side by side (``measure.time_side_by_side``): each repeat
+    """Every method's step, the base step and the prefix forward, side by side (``measure.time_side_by_side``): each repeat
     runs them all in turn, so the ratios compare steps seconds apart on a machine whose speed drifts."""
     steps = {method: session.step_call() for method, session in sessions.items()}
     base.model.train()
     for cache in (False, True):
         calls = {"base": base.with_cache(base.base_step, cache)}
         calls |= {method: sessions[method].with_cache(step, cache) for method, step in steps.items()}
+        if not cache:  # the cache's ceiling divides a step by the prefix forward: time them together
+            calls["prefix"] = base.prefix_call()
         seconds = time_side_by_side(calls, base.options.repeats, base.options.device)
+        if not cache:
+            base.add({"id": "prefix forward", "kind": "prefix_forward", "blocks": base.start,
+                      **timing_fields(seconds["prefix"])})
         base_row = base.add({"id": f"base step{', cache' if cache else ''}", "kind": "base_step",
                              "cache": "warm" if cache else "none", **timing_fields(seconds["base"])})
         for method, session in sessions.items():
@@ -321,7 +325,6 @@ def run(options: Options) -> dict:
     batch = {"shape": list(base.batch["input_ids"].shape), "tokens": base.tokens, "answer_tokens": base.answer_tokens}
     options.say(f"end_to_end: {options.model_name}, adapting blocks {base.start}..{num_blocks - 1}, batch "
                 f"{batch['shape']} ({base.tokens} real tokens); one copy of the model per method")
-    base.measure_prefix()
     sessions = {method: session(config) for method, config in configs.items()}
     measure_steps(base, sessions)
     # scoring as a run scores after training: with its adapters attached

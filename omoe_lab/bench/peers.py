@@ -28,7 +28,7 @@ from torch import nn
 from ..adapters import AdapterConfig, LoRALinear
 from ..inject import attach_adapters
 from .layer import SHAPES as LAYER_SHAPES
-from .measure import MiB, backward_step, cuda_peak_mib, module_tensors, saved_activation_bytes, time_calls, timing_fields
+from .measure import MiB, backward_step, cuda_peak_mib, module_tensors, saved_activation_bytes, time_side_by_side, timing_fields
 from .options import Options
 from .record import of_ratio, ratio, row_metric, target
 
@@ -135,16 +135,21 @@ def mlp_block(variant: str, sizes: dict, device: torch.device) -> tuple[nn.Modul
 
 
 # --- timing ---------------------------------------------------------------------------------------------
-def measure(layer: nn.Module, trainable: list[torch.Tensor], frozen: list[torch.Tensor], x: torch.Tensor,
-            grad: torch.Tensor, options: Options) -> dict:
-    """Forward + backward timing, saved memory (parameters excluded) and the trainable count."""
-    step = backward_step(layer, x, grad, trainable)
-    row = timing_fields(time_calls(step, options.repeats, options.device))
-    row["saved_mib"] = saved_activation_bytes(partial(layer, x), [*trainable, *frozen]) / MiB
-    row["trainable"] = sum(p.numel() for p in trainable)
-    if options.device.type == "cuda":
-        row["cuda_peak_mib"] = cuda_peak_mib(step, options.device)
-    return row
+def measure(built: dict[str, tuple[nn.Module, list[torch.Tensor]]], x: torch.Tensor, grad: torch.Tensor,
+            options: Options) -> dict[str, dict]:
+    """Forward + backward timing of each built ``variant: (layer, trainable)``, side by side (one call of
+    each per repeat), then its saved memory (parameters excluded) and trainable count."""
+    steps = {variant: backward_step(layer, x, grad, trainable) for variant, (layer, trainable) in built.items()}
+    seconds = time_side_by_side(steps, options.repeats, options.device)
+    fields = {}
+    for variant, (layer, trainable) in built.items():
+        row = timing_fields(seconds[variant])
+        row["saved_mib"] = saved_activation_bytes(partial(layer, x), [*trainable, *module_tensors(layer)]) / MiB
+        row["trainable"] = sum(p.numel() for p in trainable)
+        if options.device.type == "cuda":
+            row["cuda_peak_mib"] = cuda_peak_mib(steps[variant], options.device)
+        fields[variant] = row
+    return fields
 
 
 def _say(options: Options, row: dict) -> None:
@@ -163,14 +168,14 @@ def run(options: Options) -> dict:
         x = torch.randn(tokens, d, device=device, requires_grad=True)
         grad = torch.randn(tokens, d, device=device)
         shape = f"{tokens}x{d} rank {num_experts * rank}"
+        variants = [v for v in ("peft-lora", "lora") if not (v == "peft-lora" and peft_missing)]
+        measured = measure({v: linear_layer("peft" if v == "peft-lora" else "lora", d, num_experts * rank, device)
+                            for v in variants}, x, grad, options)
         for variant in ("peft-lora", "lora"):
             row = {"id": f"{shape} {variant}", "group": "linear", "tokens": tokens, "d": d, "rank": num_experts * rank,
-                   "variant": variant, "status": "ok"}
-            if variant == "peft-lora" and peft_missing:
+                   "variant": variant, "status": "ok", **measured.get(variant, {})}
+            if variant not in measured:
                 row["status"] = peft_missing
-            else:
-                layer, trainable = linear_layer("peft" if variant == "peft-lora" else "lora", d, num_experts * rank, device)
-                row.update(measure(layer, trainable, module_tensors(layer), x, grad, options))
             rows.append(row)
             _say(options, row)
         entry = ratio(f"{shape}: omoe_lab LoRA / PEFT LoRA time", row_metric(f"{shape} lora", "ms"),
@@ -183,14 +188,13 @@ def run(options: Options) -> dict:
     grad = torch.randn_like(x)
     mixlora_missing = missing("mixlora")
     name = f"MLP {sizes['hidden']}->{sizes['intermediate']} E{sizes['experts']} top-{sizes['top_k']} r{sizes['rank']}"
+    variants = [v for v in MLP_VARIANTS if not (v == "mixlora-package" and mixlora_missing)]
+    measured = measure({v: mlp_block(v, sizes, device) for v in variants}, x, grad, options)
     for variant in MLP_VARIANTS:
         row = {"id": f"{name} {variant}", "group": "mlp", "tokens": sizes["batch"] * sizes["sequence"], "d": sizes["hidden"],
-               "rank": sizes["rank"], "variant": variant, "status": "ok"}
-        if variant == "mixlora-package" and mixlora_missing:
+               "rank": sizes["rank"], "variant": variant, "status": "ok", **measured.get(variant, {})}
+        if variant not in measured:
             row["status"] = mixlora_missing
-        else:
-            layer, trainable = mlp_block(variant, sizes, device)
-            row.update(measure(layer, trainable, module_tensors(layer), x, grad, options))
         rows.append(row)
         _say(options, row)
     for ours in ("moe", "omoe", "mixlora"):

@@ -6,10 +6,10 @@ from torch import nn
 
 from .config import AdapterConfig
 from .moe import MoELoRALinear
-from .orthogonal_mix import orthogonal_mix
 from .orthogonal import (
     check_resolvable_tol, expert_gram, gram_schmidt, gram_schmidt_weights, resolvable_tol, round_up,
 )
+from .orthogonal_mix import orthogonal_mix
 
 
 class OMoELinear(MoELoRALinear):

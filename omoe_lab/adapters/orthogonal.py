@@ -203,7 +203,9 @@ def masked_cholesky(cosines: torch.Tensor, keep: torch.Tensor, jitter: float = 0
     """``L`` of ``C + δI`` on the experts in ``keep``, with identity rows and columns for the others."""
     eye = torch.eye(cosines.shape[-1], dtype=cosines.dtype, device=cosines.device)
     masked = torch.where(keep[..., :, None] & keep[..., None, :], cosines, eye)
-    return torch.linalg.cholesky_ex(masked + jitter * eye if jitter else masked).L
+    if jitter:
+        masked.diagonal(dim1=-2, dim2=-1).add_(jitter)  # a fresh tensor: no one else holds it
+    return torch.linalg.cholesky_ex(masked).L
 
 
 def live_experts(inv_norm: torch.Tensor, cosines: torch.Tensor, tol: float) -> torch.Tensor:
@@ -226,13 +228,11 @@ def gram_schmidt_factors(
     experts, say): only live rows and columns are read, and ``y_k = 0`` wherever k is not live.
     """
     chol = masked_cholesky(cosines, live)
-    norm = 1.0 / torch.where(live, inv_norm, 1.0)
     if mode == "stiefel":
         scale = torch.ones_like(inv_norm)
-    elif mode == "orthogonal":
-        scale = chol.diagonal(dim1=-2, dim2=-1) * norm
     else:
-        scale = norm
+        norm = 1.0 / torch.where(live, inv_norm, 1.0)
+        scale = chol.diagonal(dim1=-2, dim2=-1) * norm if mode == "orthogonal" else norm
     coefficients = (gates.to(cosines.dtype) * scale * live)[..., None]
     solution = torch.linalg.solve_triangular(chol.mT, coefficients, upper=True)[..., 0]
     return GramSchmidtFactors(solution * inv_norm, solution, chol, inv_norm, scale)

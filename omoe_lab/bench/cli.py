@@ -11,7 +11,7 @@ Targets are ratios within one run (medians of --repeats, at least 5 for the issu
 absolute times count only on a quiet machine or a GPU. `--smoke` runs tiny shapes and the tiny
 random model in seconds: well-formed output, no measurement.
 
-    omoe-lab bench                        the full benchmark (`make bench`; about 9 minutes on 2 quiet cores)
+    omoe-lab bench                        the full benchmark (`make bench`; about 7 minutes on 2 quiet cores)
     omoe-lab bench --part layer peers     some parts
     omoe-lab bench --smoke --out /tmp/b   everything, tiny, elsewhere
     omoe-lab bench --device cuda          on a GPU

@@ -203,9 +203,7 @@ def masked_cholesky(cosines: torch.Tensor, keep: torch.Tensor, jitter: float = 0
     """``L`` of ``C + δI`` on the experts in ``keep``, with identity rows and columns for the others."""
     eye = torch.eye(cosines.shape[-1], dtype=cosines.dtype, device=cosines.device)
     masked = torch.where(keep[..., :, None] & keep[..., None, :], cosines, eye)
-    if jitter:
-        masked.diagonal(dim1=-2, dim2=-1).add_(jitter)  # a fresh tensor: no one else holds it
-    return torch.linalg.cholesky_ex(masked).L
+    return torch.linalg.cholesky_ex(masked + jitter * eye if jitter else masked).L
 
 
 def live_experts(inv_norm: torch.Tensor, cosines: torch.Tensor, tol: float) -> torch.Tensor:

@@ -115,8 +115,7 @@ def mixing_backward(wide, grad_out, gram, gates, live, m, mode):
     # w = y⊙ι, then Lᵀy = c
     grad_inv = grad_w * y
     v = torch.linalg.solve_triangular(chol, (grad_w * inv_norm).unsqueeze(-1), upper=False)[..., 0]
-    lower = torch.ones(chol.shape[-2:], dtype=chol.dtype, device=chol.device).tril()
-    grad_chol = y.unsqueeze(-1) * v.unsqueeze(-2) * -lower
+    grad_chol = -torch.tril(y.unsqueeze(-1) * v.unsqueeze(-2))
     # c = g⊙scale⊙live
     grad_gates = v * f.scale * live
     if mode != "stiefel":
@@ -129,12 +128,14 @@ def mixing_backward(wide, grad_out, gram, gates, live, m, mode):
             grad_norm = grad_scale
         grad_inv = grad_inv - grad_norm * norm.square() * live
     # C = LLᵀ
-    phi = (chol.mT @ grad_chol) * (lower - 0.5 * torch.eye(lower.shape[0], dtype=lower.dtype, device=lower.device))
+    phi = torch.tril(chol.mT @ grad_chol)
+    phi = phi - 0.5 * torch.diag_embed(phi.diagonal(dim1=-2, dim2=-1))
     half = torch.linalg.solve_triangular(chol.mT, phi, upper=True)
     grad_cos = torch.linalg.solve_triangular(chol, half, upper=False, left=False)  # L^{-T} Φ L^{-1}
-    grad_cos = (grad_cos + grad_cos.mT) * (0.5 * (live.unsqueeze(-1) & live.unsqueeze(-2)))  # symmetric, live pairs
+    pairs = live.unsqueeze(-1) & live.unsqueeze(-2)
+    grad_cos = torch.where(pairs, 0.5 * (grad_cos + grad_cos.mT), 0.0)
     # C = D^{-1/2} G D^{-1/2}, ι = G_kk^{-1/2}
     grad_gram = grad_cos * inv_norm.unsqueeze(-1) * inv_norm.unsqueeze(-2)
     grad_inv = grad_inv + 2 * (grad_cos * gram * inv_norm.unsqueeze(-2)).sum(-1)
-    grad_gram.diagonal(dim1=-2, dim2=-1).sub_(0.5 * grad_inv * inv_norm.pow(3))
+    grad_gram = grad_gram - torch.diag_embed(0.5 * grad_inv * inv_norm.pow(3))
     return grad_a, grad_gram, grad_gates, grad_magnitude

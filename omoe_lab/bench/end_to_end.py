@@ -278,9 +278,10 @@ CPU_MEMORY_NOTE = ("Memory on the CPU: the bytes one step saves for backward (pa
                    "measured. On CUDA, cuda_peak_mib is the allocator's peak during a step, weights included.")
 
 
-def measure_steps(base: "Session", sessions: dict[str, "Session"]) -> None:
-    """Every method's step, the base step and the prefix forward, side by side (``measure.time_side_by_side``): each repeat
-    runs them all in turn, so the ratios compare steps seconds apart on a machine whose speed drifts."""
+def measure_steps(base: Session, sessions: dict[str, Session]) -> None:
+    """Every method's step, the base step and the prefix forward, side by side
+    (``measure.time_side_by_side``): each repeat runs them all in turn, so the ratios compare steps
+    seconds apart on a machine whose speed drifts."""
     steps = {method: session.step_call() for method, session in sessions.items()}
     base.model.train()
     for cache in (False, True):

@@ -312,21 +312,21 @@ def run(options: Options) -> dict:
     resolved = configs["omoe"].resolved()
     rows: list[dict] = []  # every session adds to the same list, in the order measured
 
-    def session(config=None) -> Session:
-        """A fresh copy of the model (with ``config``'s adapters attached), sharing the rows."""
+    def load(config=None):
+        """A fresh copy of the model, with ``config``'s adapters attached."""
         model, tokenizer = load_model(options.model_name, device=options.device, progress=options.progress)
-        num_blocks = model.config.num_hidden_layers
         if config is not None:
-            attach_adapters(model, config.adapter_config(num_blocks))
-        return Session(model, tokenizer, training_batch(tokenizer, configs["omoe"], options.device),
-                       num_blocks - resolved.top_blocks, options, rows)
+            attach_adapters(model, config.adapter_config(model.config.num_hidden_layers))
+        return model, tokenizer
 
-    base = session()
-    num_blocks = base.model.config.num_hidden_layers
+    model, tokenizer = load()
+    num_blocks = model.config.num_hidden_layers
+    start, train_batch = num_blocks - resolved.top_blocks, training_batch(tokenizer, configs["omoe"], options.device)
+    base = Session(model, tokenizer, train_batch, start, options, rows)
     batch = {"shape": list(base.batch["input_ids"].shape), "tokens": base.tokens, "answer_tokens": base.answer_tokens}
     options.say(f"end_to_end: {options.model_name}, adapting blocks {base.start}..{num_blocks - 1}, batch "
                 f"{batch['shape']} ({base.tokens} real tokens); one copy of the model per method")
-    sessions = {method: session(config) for method, config in configs.items()}
+    sessions = {method: Session(*load(config), train_batch, start, options, rows) for method, config in configs.items()}
     measure_steps(base, sessions)
     # scoring as a run scores after training: with its adapters attached
     sessions["omoe"].measure_scoring(spread(test_examples(configs["omoe"]), sizes["scoring_examples"]))

@@ -34,18 +34,7 @@ def synchronize(device: torch.device) -> None:
 
 def time_calls(call: Callable[[], object], repeats: int, device: torch.device, warmup: int = 1) -> list[float]:
     """Seconds of each of ``repeats`` calls of ``call()``, after ``warmup`` untimed ones."""
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    for _ in range(warmup):
-        call()
-    seconds = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        call()
-        synchronize(device)
-        seconds.append(time.perf_counter() - start)
-    return seconds
+    return time_side_by_side({"call": call}, repeats, device, warmup)["call"]
 
 
 def time_side_by_side(calls: dict[str, Callable[[], object]], repeats: int, device: torch.device,

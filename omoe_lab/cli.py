@@ -18,6 +18,7 @@ PROTOCOL_HELP = (
     "loglik: the option with the highest per-token log-likelihood (default); label: the answer label (A/B/true) "
     "with the highest logit; generate: parse greedy output. Training teaches what the protocol scores."
 )
+DEFAULT_RECORD_DIR = Path("results") / "runs"  # sweep --record: per-run results, committed beside the summaries
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="std of lora_B's random init (default: 0 for lora/moe, 0.02 for omoe); a positive value with "
                        "--method moe starts vanilla experts like OMoE's, the control for the random start")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--versus-zero-shot", action="store_true",
+                       help="also score zero-shot every way on dev and test (cached), pick each task's best way on dev, and "
+                       "test the trained run against it on the same test questions (exact McNemar)")
     train.add_argument("--log-with", nargs="+", default=None, metavar="TRACKER",
                        help="log loss, learning rates, routing entropy and expert diversity with these Accelerate trackers "
                        "(tensorboard, wandb, mlflow, ...) under <out>/<run>/logs; see it with: tensorboard --logdir <out>")
@@ -183,6 +187,15 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--prompt-style", default=None, choices=["listed", "cloze"], help="prompt of the fine-tuned runs")
     sweep.add_argument("--out", type=Path, default=None, help="the summary JSON (default: results/sweep-<setting>-<profile>.json)")
     sweep.add_argument("--cache-dir", type=Path, default=None, help="where finished runs are cached (default: runs/cache)")
+    sweep.add_argument("--record", type=Path, default=None, metavar="DIR",
+                       help="also write each run's result (config, metrics, per-question answers, diversity, provenance; no "
+                       "adapters) as DIR/<key>.json the moment it finishes, to commit step by step: a grid cut short by a lost "
+                       f"machine keeps its finished runs (default: {DEFAULT_RECORD_DIR} for the settings that read a data folder, "
+                       "real and variants; none for builtin)")
+    sweep.add_argument("--no-record", action="store_true", help="write no per-run records")
+    sweep.add_argument("--allow-mixed-fingerprints", action="store_true",
+                       help="combine runs made by code of different numerics fingerprints (refused by default: their numbers "
+                       "need not be comparable); the summary's meta lists them as a warning")
     sweep.add_argument("--no-progress", action="store_true")
     sweep.set_defaults(handler=_sweep)
 
@@ -208,6 +221,13 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-experts", type=int, default=4, help="experts per adapted layer (LoRA gets rank × this)")
     parser.add_argument("--protocol", default="loglik", choices=["loglik", "label"], help=PROTOCOL_HELP)
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the profile's)")
+    parser.add_argument("--objective", default=None, choices=["lm", "rank"],
+                        help="training loss (default: the profile's): lm = likelihood of the gold answer; rank = softmax over "
+                        "the options' per-token-mean log-likelihoods, what the loglik scorer decides by (needs --protocol loglik)")
+    parser.add_argument("--unlikelihood", type=float, default=None,
+                        help="with --objective rank: weight of the unlikelihood loss on the wrong options' tokens (T-Few)")
+    parser.add_argument("--eval-split", default="test", choices=["test", "dev"],
+                        help="score on the test questions, or on the dev split (carved from train) while choosing settings")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: a new runs/<time> folder)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="where finished runs are cached (default: runs/cache)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -226,7 +246,7 @@ def _common(args) -> dict:
     for task in args.tasks:
         check_task(task, args.data_dir)  # an unknown task name fails here, before any model is loaded
     return dict(profile=args.profile, model=args.model, tasks=tuple(args.tasks), data_dir=args.data_dir, steps=args.steps,
-                protocol=args.protocol)
+                protocol=args.protocol, objective=args.objective, unlikelihood=args.unlikelihood, eval_split=args.eval_split)
 
 
 def _demo(args) -> int:
@@ -274,9 +294,29 @@ def _train(args) -> int:
             result = run(config, cache_dir=out, progress=not args.no_progress)
     else:
         result = run(config, cache_dir=out, progress=not args.no_progress)
-    print(json.dumps({"label": result.label, "metrics": result.metrics, "folder": result.folder,
-                      "adapters": str(Path(result.folder) / "adapters")}, indent=2))
+    summary = {"label": result.label, "seconds": round(result.seconds, 1), "metrics": result.metrics, "folder": result.folder,
+               "adapters": str(Path(result.folder) / "adapters")}
+    if args.versus_zero_shot:
+        summary["versus_zero_shot"] = _versus_zero_shot(config, result, out, not args.no_progress)
+    print(json.dumps(summary, indent=2))
     return 0
+
+
+def _versus_zero_shot(config, result, cache_dir: Path, progress: bool) -> dict:
+    """The trained run against the best zero-shot way per task, chosen on dev, on the same test questions."""
+    import dataclasses
+
+    from .analysis.stats import paired_test
+    from .experiments import RunConfig, best_baselines, run_all
+
+    if config.eval_split != "test":
+        raise SystemExit("--versus-zero-shot scores on test: leave --eval-split at test")
+    zero = dataclasses.replace(config, method="none", seed=0)  # zero-shot has no seed: one run serves every seed
+    zero_dev, zero_test = run_all([dataclasses.replace(zero, eval_split="dev"), zero], cache_dir=cache_dir, progress=progress)
+    best = best_baselines(zero_test, chosen_on=zero_dev)
+    correct = best["best_per_task_correct"]
+    return {"best_per_task": best["best_per_task"], "zero_shot_accuracy": sum(correct) / len(correct),
+            "accuracy": result.metrics["accuracy"], "mcnemar": paired_test(correct, result.metrics["correct"])}
 
 
 def _eval(args) -> int:
@@ -344,8 +384,11 @@ def _sweep(args) -> int:
     out = args.out or Path("results") / f"sweep-{args.setting}-{profile_from_env(args.profile).name}.json"
     writable_folder(out.parent)
     command = "omoe-lab sweep " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["sweep"] else [])
+    # real-data grids are the long ones worth keeping run by run; the built-in suite reruns in minutes
+    record = None if args.no_record else args.record or (DEFAULT_RECORD_DIR if "data_dir" in _settings()[args.setting].run else None)
     summary = sweep(args.setting, args.seeds, arms=args.arms, cache_dir=args.cache_dir, out=out, command=command.strip(),
-                    progress=not args.no_progress, **common)
+                    progress=not args.no_progress, record_dir=record, allow_mixed_fingerprints=args.allow_mixed_fingerprints,
+                    **common)
     for arm in summary["arms"]:
         acc = arm["accuracy"]["all"]
         print(f"{arm['label']:40s} {acc['mean']:.3f} [{acc['low']:.3f}, {acc['high']:.3f}]")

@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from .data.collate import encode_prompt, encode_prompt_text, pad_rows
+from .data.collate import encode_prompt, encode_prompt_text, option_token_ids, pad_rows
 from .data.example import Example
 from .data.prompts import (
     ANSWER_CUE, LETTERS, PROMPT_STYLES, check_label_words_are_shown, check_prompt_style, is_boolean,
@@ -283,10 +283,7 @@ def _label_token_ids(tokenizer, example: Example) -> list[int]:
 
 
 def _option_ids(tokenizer, example: Example, style: str = "listed") -> list[list[int]]:
-    options = [tokenizer(text, add_special_tokens=False).input_ids for text in option_continuations(example, style)]
-    if not all(options):
-        raise ValueError(f"{example.task}: an option of {example.options} has no tokens")
-    return options
+    return option_token_ids(tokenizer, example, style)
 
 
 @torch.inference_mode()

@@ -2,7 +2,10 @@
 
 Everything that shows a result — the CLI, the report, the widgets, the notebooks — calls these
 functions, so a finished run is computed once and replayed from its cache folder afterwards.
-A run's cache key is a hash of its fully resolved configuration and of ``SCHEMA_VERSION``.
+A run's cache key is a hash of its fully resolved configuration, ``SCHEMA_VERSION`` and the
+numerics fingerprint (``provenance.numerics_fingerprint``): a change that makes the library compute
+other numbers retires older cached runs by itself. Each fresh run records in ``RunResult.meta`` the
+code (commit, dirty flag, fingerprint), the data files' hashes, the environment and the command.
 
 Profiles (``OMOE_LAB_PROFILE=ci|quick|full`` or ``profile=``) set every size at once:
 ``ci`` fits CI and notebook tests on 2 CPU cores, ``quick`` is a learner's laptop run,
@@ -16,6 +19,7 @@ import hashlib
 import json
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +27,7 @@ from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
-from . import __version__
+from . import __version__, provenance
 from .adapters import AdapterConfig
 from .adapters.config import DEFAULT_B_INIT_STD, METHODS, ORTHOGONAL_METHODS
 from .analysis.diversity import layer_diversity
@@ -33,14 +37,15 @@ from .data.prompts import PROMPT_STYLES
 from .data.tasks import TASK_NAMES, load_tasks
 from .evaluate import PROTOCOLS, evaluate, majority_baseline, score_all_ways
 from .inject import attach_adapters, detach_adapters, save_adapters, trainable_parameters
-from .io import atomic_write_text
+from .io import atomic_write_text, writable_folder
 from .prefix import FrozenPrefix, supports_prefix_cache
-from .train import TrainConfig, train
+from .train import OBJECTIVES, TrainConfig, train
 
 # Part of every run's cache key: raise it whenever a change makes a run compute other numbers, so
 # older cached runs are never replayed as if they were new. 2: per-sequence prefix states replayed
 # on every pass, prompt styles, a fixed random test subset, zero-shot baselines, debiased CKA.
-SCHEMA_VERSION = 2
+# 3: a dev split carved from each train file (training reads the rest), the rank objective.
+SCHEMA_VERSION = 3
 # The prompt style of loglik runs (training and scoring), chosen by measurement (docs/decisions.md);
 # the label and generate protocols need the listed options
 DEFAULT_PROMPT_STYLE = {"loglik": "cloze", "label": "listed", "generate": "listed"}
@@ -64,6 +69,8 @@ class Profile:
     capture_tokens: int
     max_length: int
     description: str
+    objective: str = "lm"  # TrainConfig's: "lm" (the answer's likelihood) or "rank" (rank classification)
+    unlikelihood: float = 0.0
 
 
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -127,6 +134,9 @@ class RunConfig:
     eval_per_task: int | None = None
     capture_tokens: int | None = None
     max_length: int | None = None
+    objective: str | None = None  # TrainConfig's "lm" or "rank" (None: the profile's)
+    unlikelihood: float | None = None
+    eval_split: str = "test"  # "dev" for every choice (prompt, baseline, regime); "test" only to score
     b_init_std: float | None = None  # AdapterConfig's (None: the method's default); > 0 for "moe" is the random-start control
     prompt_style: str | None = None  # None: cloze under loglik, listed under label / generate
     diversity_every: int | None = None  # measure the experts' diversity every K training steps
@@ -141,6 +151,12 @@ class RunConfig:
             raise ValueError(f"unknown method {self.method!r}: choose one of {['none', *METHODS]} (none = zero-shot)")
         if self.prompt_style is not None and self.prompt_style not in PROMPT_STYLES:
             raise ValueError(f"unknown prompt style {self.prompt_style!r}: choose one of {list(PROMPT_STYLES)}")
+        if self.eval_split not in ("dev", "test"):
+            raise ValueError(f"eval_split must be 'dev' (to choose) or 'test' (to score), got {self.eval_split!r}")
+        if self.objective is not None and self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}: choose one of {list(OBJECTIVES)}")
+        if self.objective == "rank" and self.protocol != "loglik":
+            raise ValueError("the rank objective ranks options by their log-likelihood: use it with protocol 'loglik'")
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {self.protocol!r}: choose one of {list(PROTOCOLS)}")
         if not self.tasks:
@@ -159,7 +175,7 @@ class RunConfig:
         profile = profile_from_env(self.profile)
         values = dataclasses.asdict(self)
         for name in ("rank", "top_blocks", "target_modules", "steps", "batch_size", "lr", "magnitude_lr",
-                     "train_per_task", "eval_per_task", "capture_tokens", "max_length"):
+                     "train_per_task", "eval_per_task", "capture_tokens", "max_length", "objective", "unlikelihood"):
             if values[name] is None:
                 values[name] = getattr(profile, name)
         values["profile"] = profile.name
@@ -170,8 +186,12 @@ class RunConfig:
             values["orthogonalize"] = None
         if self.method in ("lora", "none"):
             values["top_k"] = None
+        if values["protocol"] != "loglik" and self.objective is None:
+            values.update(objective="lm", unlikelihood=0.0)  # a profile's rank objective needs loglik
+        if values["objective"] == "lm":
+            values["unlikelihood"] = 0.0
         if self.method == "none":
-            values.update(num_experts=0, steps=0, b_init_std=None)
+            values.update(num_experts=0, steps=0, b_init_std=None, objective=None, unlikelihood=None)
         elif values["b_init_std"] is None:  # filled in, so that equal runs share a cache key
             values["b_init_std"] = DEFAULT_B_INIT_STD[self.method]
         return RunConfig(**values)
@@ -181,7 +201,9 @@ class RunConfig:
         for name, default in VARIANT_DEFAULTS.items():  # left out at their defaults: older keys stay valid
             if fields[name] == default:
                 del fields[name]
-        payload = json.dumps({"version": __version__, "schema": SCHEMA_VERSION, **fields}, sort_keys=True, default=list)
+        # the fingerprint, read through the module so that tests (and a notebook) can replace it
+        payload = json.dumps({"version": __version__, "schema": SCHEMA_VERSION, "numerics": provenance.numerics_fingerprint(), **fields},
+                             sort_keys=True, default=list)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def adapter_config(self, num_blocks: int) -> AdapterConfig:
@@ -201,6 +223,7 @@ class RunConfig:
             steps=c.steps, batch_size=c.batch_size, lr=c.lr, magnitude_lr=c.magnitude_lr, seed=c.seed,
             max_length=c.max_length, warmup_steps=max(1, c.steps // 10),
             target="option" if c.protocol == "loglik" else "label",  # train on what is scored
+            objective=c.objective, unlikelihood=c.unlikelihood,
             prompt_style=c.prompt_style, diversity_every=c.diversity_every,
         )
 
@@ -233,6 +256,8 @@ class RunResult:
     embedding: list[dict] = field(default_factory=list)
     diversity: list[dict] = field(default_factory=list)  # over training: {"step", measures..., "per_layer"}
     parameters: dict[str, Any] = field(default_factory=dict)
+    # provenance of a fresh run: {"code", "data", "environment", "command"} (empty in older results)
+    meta: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     folder: str | None = None
     from_cache: bool = False
@@ -257,18 +282,26 @@ def run(
     model=None,
     tokenizer=None,
     prefix: FrozenPrefix | None = None,
+    record_dir: str | Path | None = None,
 ) -> RunResult:
     """Train, evaluate and analyse one configuration, or replay it from the cache.
 
     Pass ``model``/``tokenizer`` to reuse a loaded base model (its adapters are detached again
     at the end), and a ``FrozenPrefix`` of that model so runs share the frozen blocks' work.
+    ``record_dir``: also write the run's ``result.json`` there as ``<key>.json`` (a replayed run's
+    too, if missing), to commit as each run of a long grid finishes; copied back as
+    ``<cache>/<key>/result.json`` it replays the run (everything but the adapters).
     """
     from .models import load_model
 
     resolved = config.resolved()
     key = config.key()
     folder = Path(cache_dir or default_cache_dir()) / key
+    if record_dir is not None:
+        writable_folder(record_dir, fix="choose another record folder")
     if (folder / "result.json").is_file() and not force:
+        if record_dir is not None and not (Path(record_dir) / f"{key}.json").is_file():
+            _write_record(record_dir, key, (folder / "result.json").read_text(encoding="utf-8"))
         return _read_result(folder)
     started = time.perf_counter()
     if model is None:
@@ -316,30 +349,62 @@ def run(
         if resolved.method != "none":
             detach_adapters(model)
     result.seconds = time.perf_counter() - started
+    result.meta = run_meta(resolved)
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / "result.json", result.to_json() + "\n")
+    text = result.to_json() + "\n"
+    atomic_write_text(folder / "result.json", text)
+    if record_dir is not None:
+        _write_record(record_dir, key, text)
     result.folder = str(folder)
     return result
 
 
-def best_baselines(zero: RunResult) -> dict[str, Any]:
+def run_meta(config: RunConfig) -> dict[str, Any]:
+    """Where a run's numbers come from: the code (commit, dirty flag, version, numerics
+    fingerprint), the SHA-256 of each data file it read, the environment and the command."""
+    c = config.resolved()
+    # zero-shot reads the train split only for the majority baseline of the loglik protocol
+    reads_train = c.method != "none" or c.protocol == "loglik"
+    splits = (c.eval_split, "train") if reads_train else (c.eval_split,)
+    return {"code": provenance.code_identity(), "data": provenance.data_hashes(c.tasks, c.data_dir, splits),
+            "environment": provenance.environment(), "command": list(sys.argv)}
+
+
+def _write_record(record_dir: str | Path, key: str, text: str) -> None:
+    atomic_write_text(Path(record_dir) / f"{key}.json", text)
+
+
+def best_baselines(zero: RunResult, chosen_on: RunResult | None = None) -> dict[str, Any]:
     """The zero-shot run's baselines (every prompt style × normalization, PMI, the majority
     answer) and, per task, the best of them, named.
 
-    ``best_per_task_correct`` is right/wrong per test question of that per-task best: picked on
-    the test questions themselves, so it flatters the baselines, and a fine-tuned run that beats
-    it beats each of them.
+    ``chosen_on``: the same zero-shot configuration scored on the dev split. The best way of
+    each task is then chosen by its *dev* accuracy and scored on ``zero``'s test questions, so no
+    choice reads the test answers. Without it the best way is picked on the test questions
+    themselves (``"chosen_on": "test"``): that flatters the baselines, a fine-tuned run that beats
+    it beats each of them, but its accuracy is not an honest estimate.
+
+    ``best_per_task_correct`` is right/wrong per question of ``zero`` under that per-task best.
     """
     ways = zero.metrics.get("baselines")
     if not ways:
         raise ValueError(f"{zero.label} has no baselines: it is not a loglik zero-shot run of schema {SCHEMA_VERSION}")
+    choosing = ways
+    if chosen_on is not None:
+        choosing = chosen_on.metrics.get("baselines") or {}
+        if chosen_on.config.get("eval_split") != "dev" or set(choosing) != set(ways):
+            raise ValueError(f"chosen_on must be the same zero-shot configuration scored on the dev split (eval_split='dev'), "
+                             f"got {chosen_on.label} on {chosen_on.config.get('eval_split', 'test')!r}")
     best_per_task = {}
     for task in zero.metrics["per_task"]:
-        name = max(ways, key=lambda n: ways[n]["per_task"][task])  # ties: the first way listed
+        name = max(choosing, key=lambda n: choosing[n]["per_task"][task])  # ties: the first way listed
         best_per_task[task] = {"baseline": name, "accuracy": ways[name]["per_task"][task]}
-    best_overall = max(ways, key=lambda n: ways[n]["accuracy"])
+        if chosen_on is not None:
+            best_per_task[task]["dev_accuracy"] = choosing[name]["per_task"][task]
+    best_overall = max(choosing, key=lambda n: choosing[n]["accuracy"])
     tasks = [task for task, count in zero.metrics["n_per_task"].items() for _ in range(count)]  # test order
     return {
+        "chosen_on": "dev" if chosen_on is not None else "test",
         "ways": {name: {"accuracy": w["accuracy"], "per_task": w["per_task"]} for name, w in ways.items()},
         "best_per_task": best_per_task,
         "best_overall": {"baseline": best_overall, "accuracy": ways[best_overall]["accuracy"]},
@@ -392,10 +457,11 @@ def analyse_experts(model, tokenizer, examples, config: RunConfig, progress: boo
 
 
 def test_examples(config: RunConfig) -> list:
-    """The run's test questions: a fixed random subset of ``eval_per_task`` per task (the same for
-    every method and seed; not the first N, which can be ordered by source or answer), in task order."""
+    """The questions a run is scored on, from its ``eval_split`` (test, or dev while choosing): a
+    fixed random subset of ``eval_per_task`` per task (the same for every method and seed; not the
+    first N, which can be ordered by source or answer), in task order."""
     c = config.resolved()
-    examples = load_tasks(list(c.tasks), "test", c.data_dir, shuffle=False)
+    examples = load_tasks(list(c.tasks), c.eval_split, c.data_dir, shuffle=False)
     if c.eval_per_task is None:
         return examples
     chosen = []
@@ -438,8 +504,10 @@ def prompt_batches(tokenizer, examples, style: str, batch_size: int = 16) -> lis
 
 
 def _scores(scored) -> dict[str, Any]:
-    """Accuracy, per task, and which questions were right (in test order, for paired tests)."""
-    return {"accuracy": scored.accuracy, "per_task": scored.per_task, "correct": [int(p.correct) for p in scored.predictions]}
+    """Accuracy, per task, which questions were right and the option each answered (in test order,
+    for paired tests and for re-scoring a question without the model)."""
+    return {"accuracy": scored.accuracy, "per_task": scored.per_task, "correct": [int(p.correct) for p in scored.predictions],
+            "answers": [int(p.prediction) for p in scored.predictions]}
 
 
 def _count_by_task(examples) -> dict[str, int]:
@@ -477,9 +545,12 @@ def compare(
     return results_table(results), results
 
 
-def run_all(configs: Sequence[RunConfig], *, cache_dir: str | Path | None = None, progress: bool = True) -> list[RunResult]:
+def run_all(configs: Sequence[RunConfig], *, cache_dir: str | Path | None = None, progress: bool = True,
+            record_dir: str | Path | None = None) -> list[RunResult]:
     """Run each configuration (or replay it from the cache) on one loaded model, with one
     progress bar over the whole list; every configuration is checked before the first runs.
+    ``record_dir``: each run's result is also written there as ``<key>.json`` when it finishes
+    (see :func:`run`), so a grid interrupted by a lost machine keeps every finished run.
 
     All runs share one frozen-prefix cache (they adapt the same top blocks of the same model);
     its states depend on each sequence alone, so a run's numbers do not depend on the order.
@@ -490,6 +561,8 @@ def run_all(configs: Sequence[RunConfig], *, cache_dir: str | Path | None = None
 
     for config in configs:
         config.resolved()  # bad input fails here, before any work
+    if record_dir is not None:
+        writable_folder(record_dir, fix="choose another record folder")
     loaded, prefix, results = None, None, []
     bar = tqdm(configs, desc="runs", unit="run", disable=not progress, dynamic_ncols=True)
     for config in bar:
@@ -499,7 +572,8 @@ def run_all(configs: Sequence[RunConfig], *, cache_dir: str | Path | None = None
             loaded = load_model(config.resolved().model, progress=progress)
             prefix = frozen_prefix_for(loaded[0], config)
         model, tokenizer = loaded if loaded else (None, None)
-        results.append(run(config, cache_dir=cache_dir, progress=progress, model=model, tokenizer=tokenizer, prefix=prefix))
+        results.append(run(config, cache_dir=cache_dir, progress=progress, model=model, tokenizer=tokenizer, prefix=prefix,
+                           record_dir=record_dir))
     bar.close()
     return results
 

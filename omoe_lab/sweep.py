@@ -10,23 +10,26 @@ summarized into one JSON file under ``results/`` that notebooks and docs read wi
 - paired tests between arms on the same questions: exact McNemar per seed, and combined over
   seeds with the Cochran–Mantel–Haenszel test (``analysis.stats``);
 - trainable parameters, the experts' diversity (mean |cos|, linear CKA biased and debiased,
-  effective rank) with intervals over seeds, diversity over training, and routing mass per task.
+  effective rank) with intervals over seeds, diversity over training, and routing mass per task;
+- provenance (``meta``): the command, versions and machine, the code that summarized and the code
+  that made the runs (commit, dirty flag, numerics fingerprint), and the data files' hashes. Runs
+  of different numerics fingerprints are not combined unless asked (``allow_mixed_fingerprints``).
+
+``record_dir`` keeps each run's result as ``<key>.json`` as it finishes (``experiments.run``).
 """
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
-import os
-import platform
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from . import provenance
 from .analysis.diversity import MEASURES, mean_over_layers
 from .analysis.stats import cmh_test, paired_test, t_interval
-from .experiments import RunConfig, RunResult, best_baselines, run_all
+from .experiments import VARIANT_DEFAULTS, RunConfig, RunResult, best_baselines, run_all
 from .io import atomic_write_text, writable_folder
 
 REAL_TASKS = ("ARC-Easy", "ARC-Challenge", "boolq", "openbookqa")  # the paper's multi-task mix, PIQA aside
@@ -111,9 +114,15 @@ def sweep(
     out: str | Path | None = None,
     command: str | None = None,
     progress: bool = True,
+    record_dir: str | Path | None = None,
+    allow_mixed_fingerprints: bool = False,
     **common,
 ) -> dict[str, Any]:
-    """Run (or replay) the grid of ``setting`` and return its summary; ``out`` writes it as JSON."""
+    """Run (or replay) the grid of ``setting`` and return its summary; ``out`` writes it as JSON.
+
+    ``record_dir``: each run's result is also written there as ``<key>.json`` when it finishes.
+    ``allow_mixed_fingerprints``: see :func:`summarize_sweep`.
+    """
     if setting not in SETTINGS:
         raise ValueError(f"unknown sweep setting {setting!r}: choose one of {list(SETTINGS)}")
     chosen = SETTINGS[setting]
@@ -129,8 +138,8 @@ def sweep(
         config.resolved()  # bad input fails here, before any folder is made or model loaded
     if out is not None:
         writable_folder(Path(out).parent, fix="choose another output file")
-    results = run_all(configs, cache_dir=cache_dir, progress=progress)
-    summary = summarize_sweep(chosen, configs, results, seeds, command=command)
+    results = run_all(configs, cache_dir=cache_dir, progress=progress, record_dir=record_dir)
+    summary = summarize_sweep(chosen, configs, results, seeds, command=command, allow_mixed_fingerprints=allow_mixed_fingerprints)
     if out is not None:
         atomic_write_text(Path(out), json.dumps(summary, indent=1, allow_nan=False) + "\n")
     return summary
@@ -138,7 +147,15 @@ def sweep(
 
 # --- the summary ----------------------------------------------------------------------------------
 def summarize_sweep(setting: Setting, configs: Sequence[RunConfig], results: Sequence[RunResult], seeds: Sequence[int],
-                    command: str | None = None) -> dict[str, Any]:
+                    command: str | None = None, allow_mixed_fingerprints: bool = False) -> dict[str, Any]:
+    """The summary of a finished grid (``results`` in the order of ``sweep_configs``).
+
+    Refuses (ValueError) runs whose code had different numerics fingerprints (a run from an older
+    cache without ``meta`` counts as fingerprint None), since their numbers need not be
+    comparable; ``allow_mixed_fingerprints=True`` combines them and lists them in
+    ``meta["warnings"]``. Runs whose recorded data hashes differ from the files now are listed there too.
+    """
+    warnings = _mixed_fingerprints(results, allow_mixed_fingerprints)
     zero, runs = results[0], results[1:]
     by_arm = {key: runs[i * len(seeds) : (i + 1) * len(seeds)] for i, key in enumerate(setting.arms)}
     questions = zero.metrics["questions"]
@@ -149,8 +166,16 @@ def summarize_sweep(setting: Setting, configs: Sequence[RunConfig], results: Seq
     baselines = best_baselines(zero)
     arms = [_arm_summary(key, by_arm[key], seeds, baselines) for key in setting.arms]
     comparisons = [_comparison(a, b, by_arm[a], by_arm[b]) for a, b in COMPARISONS if a in by_arm and b in by_arm]
+    data = provenance.data_hashes(zero.config["tasks"], zero.config["data_dir"], ("train", zero.config.get("eval_split", "test")))
+    warnings += _changed_data(results, data)
     return {
-        "meta": provenance(command) | {
+        "meta": {
+            "command": command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            **provenance.environment(),
+            "code": provenance.code_identity(),  # of this summary; the runs may be older
+            "run_code": _run_code(results),
+            "data": data,
+            "warnings": warnings,
             "setting": setting.name, "description": setting.description, "seeds": list(seeds),
             "profile": zero.config["profile"], "tasks": list(zero.config["tasks"]), "protocol": zero.metrics["protocol"],
             "prompt_style": runs[0].metrics["prompt_style"] if runs else zero.metrics["prompt_style"],
@@ -174,7 +199,11 @@ def _arm_summary(key: str, runs: Sequence[RunResult], seeds: Sequence[int], base
     accuracy |= {task: _interval([r.metrics["per_task"][task] for r in runs]) for task in first.metrics["per_task"]}
     best = baselines["best_per_task_correct"]
     summary = {
-        "arm": key, "label": ARMS[key].name, "run_label": first.label, "config": {k: first.config[k] for k in ("method", "num_experts", "top_k", "orthogonalize", "b_init_std")},
+        # the variant fields too (absent from results made before the variants: their defaults), so
+        # that a variant arm is not recorded with the config of the arm it varies
+        "arm": key, "label": ARMS[key].name, "run_label": first.label, "settings": dict(ARMS[key].settings),
+        "config": {k: first.config.get(k, VARIANT_DEFAULTS.get(k))
+                   for k in ("method", "num_experts", "top_k", "orthogonalize", "b_init_std", *VARIANT_DEFAULTS)},
         "parameters": first.parameters, "seconds": [r.seconds for r in runs], "accuracy": accuracy,
         "vs_best_baseline": {
             "per_seed": [paired_test(best, r.metrics["correct"]) for r in runs],
@@ -228,18 +257,47 @@ def _comparison(a: str, b: str, runs_a: Sequence[RunResult], runs_b: Sequence[Ru
     return out
 
 
-def provenance(command: str | None = None) -> dict[str, Any]:
-    """Which command, date, versions and machine produced a result file."""
-    import torch
-    import transformers
+# --- provenance -------------------------------------------------------------------------------------
+def _describe(run: RunResult) -> str:
+    return f"{run.label} (seed {run.config['seed']}, key {run.key})"
 
-    from . import __version__
 
-    return {
-        "command": command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "versions": {"omoe_lab": __version__, "python": platform.python_version(), "torch": torch.__version__,
-                     "transformers": transformers.__version__},
-        "machine": {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
-    }
+def _mixed_fingerprints(results: Sequence[RunResult], allow: bool) -> list[dict[str, Any]]:
+    """[] when every run has the same numerics fingerprint; else a warning, or a ValueError unless ``allow``."""
+    groups: dict[str | None, list[str]] = {}
+    for r in results:
+        groups.setdefault(r.meta.get("code", {}).get("fingerprint"), []).append(_describe(r))
+    if len(groups) < 2:
+        return []
+    if not allow:
+        found = "; ".join(f"{fingerprint or 'none (a run from an older cache)'}: {len(runs)} run(s), e.g. {runs[0]}"
+                          for fingerprint, runs in groups.items())
+        raise ValueError(
+            f"these runs were made by code of {len(groups)} different numerics fingerprints ({found}), so their numbers "
+            "need not be comparable. Re-run them with this code (a run's cache key includes the fingerprint, so a fresh "
+            "sweep re-runs the others), or pass allow_mixed_fingerprints=True (CLI: --allow-mixed-fingerprints) to "
+            "combine them anyway, with a warning in the summary's meta"
+        )
+    return [{"warning": "runs of different numerics fingerprints combined (allow_mixed_fingerprints)",
+             "fingerprints": [{"fingerprint": fingerprint, "runs": runs} for fingerprint, runs in groups.items()]}]
+
+
+def _changed_data(results: Sequence[RunResult], now: dict[str, str]) -> list[dict[str, Any]]:
+    """A warning naming the runs whose recorded data hashes differ from the files' hashes now."""
+    changed = {}
+    for r in results:
+        files = sorted(name for name, digest in r.meta.get("data", {}).items() if name in now and now[name] != digest)
+        if files:
+            changed[_describe(r)] = files
+    return [{"warning": "data files changed since these runs were made", "runs": changed}] if changed else []
+
+
+def _run_code(results: Sequence[RunResult]) -> list[dict[str, Any]]:
+    """The distinct code identities (commit, dirty, fingerprint) that made the runs, with counts."""
+    counts: dict[tuple, int] = {}
+    for r in results:
+        code = r.meta.get("code", {})
+        identity = (code.get("commit"), code.get("dirty"), code.get("fingerprint"))
+        counts[identity] = counts.get(identity, 0) + 1
+    return [{"commit": commit, "dirty": dirty, "fingerprint": fingerprint, "runs": n}
+            for (commit, dirty, fingerprint), n in counts.items()]

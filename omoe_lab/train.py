@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data.collate import encode_example, pad_encoded, pad_token_id
+from .data.collate import encode_choices, encode_example, pad_encoded, pad_rows, pad_token_id
 from .data.example import Example
 from .inject import adapter_layers, load_adapters, router_aux_loss, save_adapters
 from .analysis.diversity import measure_diversity
@@ -49,6 +49,11 @@ from .prefix import FrozenPrefix, first_adapted_block, supports_prefix_cache
 @dataclass
 class TrainConfig:
     """How to train. ``batch_size`` is global: examples per optimizer step over all processes.
+
+    ``objective``: ``"lm"`` raises the likelihood of the answer's ``target`` text; ``"rank"`` is
+    rank classification (T-Few, Liu et al. 2022): cross-entropy over the options' per-token-mean
+    log-likelihoods, the very numbers the ``loglik`` scorer takes the argmax of, plus
+    ``unlikelihood`` × the unlikelihood loss of the wrong options' tokens.
 
     ``log_with``: Accelerate tracker name(s) (``"tensorboard"``, ``"wandb"``, ``["tensorboard",
     "mlflow"]``...) to log the run to, under ``train``'s ``out_dir/logs``; ``None`` logs nothing.
@@ -65,6 +70,8 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0
     max_length: int = 256
     target: str = "label"
+    objective: str = "lm"
+    unlikelihood: float = 0.0
     seed: int = 0
     routing_every: int = 10
     diversity_every: int | None = None
@@ -85,6 +92,11 @@ class TrainConfig:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.diversity_every is not None and self.diversity_every < 1:
             raise ValueError(f"diversity_every must be >= 1 (measure every that many steps) or None, got {self.diversity_every}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES} ('lm': likelihood of the target; 'rank': softmax over the "
+                             f"options' per-token-mean log-likelihoods, what the loglik scorer decides by), got {self.objective!r}")
+        if self.unlikelihood < 0 or (self.unlikelihood and self.objective != "rank"):
+            raise ValueError(f"unlikelihood must be >= 0 and only set with objective='rank', got {self.unlikelihood} with {self.objective!r}")
         if self.target not in ("label", "option"):
             raise ValueError(f"target must be 'label' (train on the answer's label word) or 'option' (its text), got {self.target!r}")
         if self.prefix_cache_dtype not in ("float16", "bfloat16", "float32"):
@@ -168,7 +180,8 @@ def train(
             f"batch_size={config.batch_size} must be a multiple of processes × grad_accum = "
             f"{world} × {config.grad_accum}"
         )
-    features = [encode_example(tokenizer, ex, config.max_length, target=config.target, prompt_style=config.prompt_style) for ex in examples]
+    objective = _OBJECTIVES[config.objective](config)
+    features = [objective.encode(tokenizer, ex) for ex in examples]
     fingerprint = run_fingerprint(model, config, features)
     resume_state = _read_checkpoint(resume_from, fingerprint) if resume_from else None
 
@@ -217,19 +230,19 @@ def train(
             tick = time.perf_counter()
             batch_ids = _global_batch(len(features), config.batch_size, step, config.seed)
             mine = batch_ids[accelerator.process_index * per_micro * config.grad_accum :][: per_micro * config.grad_accum]
-            answer_tokens = sum(_count_answer_tokens(features[i]) for i in batch_ids)
+            answer_tokens = sum(objective.units(features[i]) for i in batch_ids)  # what the loss is a mean over
             loss_sum, aux_sum, tokens_seen = 0.0, 0.0, 0
             record_routing = config.routing_every and step % config.routing_every == 0
             for micro in range(config.grad_accum):
                 ids = mine[micro * per_micro : (micro + 1) * per_micro]
-                batch = {k: v.to(device) for k, v in pad_encoded([features[i] for i in ids], pad_id).items()}
+                batch = {k: v.to(device) for k, v in objective.collate([features[i] for i in ids], pad_id).items()}
                 last = micro == config.grad_accum - 1
                 probing = _routing_probe(model, batch["attention_mask"]) if record_routing and micro == 0 else _nothing()
                 syncing = _nothing() if last else accelerator.no_sync(train_model)  # all-reduce once per step
                 with syncing, accelerator.autocast(), probing as probe:
-                    token_loss = _answer_token_loss(train_model, batch)
+                    token_loss = objective.loss(train_model, batch)
                     aux = router_aux_loss(model, batch["attention_mask"]).to(device)
-                    # sum over my answer tokens / all answer tokens of the global batch; DDP averages
+                    # sum over my answer tokens (questions) / all of the global batch; DDP averages
                     # gradients over processes, so scale by the world size to get the global mean
                     loss = (token_loss / answer_tokens + aux / (config.grad_accum * world)) * world
                     accelerator.backward(loss)
@@ -305,6 +318,98 @@ def _answer_token_loss(model: nn.Module, batch: dict) -> torch.Tensor:
     return nn.functional.cross_entropy(
         logits.float().reshape(-1, logits.shape[-1]), targets[:, keep].reshape(-1), ignore_index=-100, reduction="sum"
     )
+
+
+class _LikelihoodObjective:
+    """``"lm"``: the sum of next-token cross-entropies over the target's tokens, a mean per token."""
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+
+    def encode(self, tokenizer, example: Example) -> dict:
+        c = self.config
+        return encode_example(tokenizer, example, c.max_length, target=c.target, prompt_style=c.prompt_style)
+
+    units = staticmethod(_count_answer_tokens)
+    collate = staticmethod(pad_encoded)
+    loss = staticmethod(_answer_token_loss)
+
+
+class _RankObjective:
+    """``"rank"``: rank classification over each question's options, a mean per question.
+
+    With ``ℓ_o = (1/L_o) Σ_t log p(c_o,t | x, c_o,<t)`` the per-token-mean log-likelihood of option
+    ``o`` (the ``loglik`` scorer's ``mean``), a question's loss is ``−log softmax(ℓ)_gold`` plus
+    ``unlikelihood × (−Σ_{o≠gold} Σ_t log(1 − p(c_o,t | …)) / Σ_{o≠gold} L_o)`` (T-Few's L_UL).
+    All options of a question go through the model in one batch, left-padded so that every
+    option ends at the last column and only the last ``max L`` positions reach the output head.
+    """
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+
+    def encode(self, tokenizer, example: Example) -> dict:
+        return encode_choices(tokenizer, example, self.config.max_length, self.config.prompt_style)
+
+    @staticmethod
+    def units(feature: dict) -> int:
+        return 1
+
+    @staticmethod
+    def collate(features: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
+        rows = [row for f in features for row in f["rows"]]
+        input_ids, attention_mask = pad_rows(rows, pad_id, left=True)
+        return {
+            "input_ids": input_ids, "attention_mask": attention_mask,
+            "option_lengths": torch.tensor([n for f in features for n in f["option_lengths"]]),
+            "question": torch.tensor([q for q, f in enumerate(features) for _ in f["rows"]]),
+            "option": torch.tensor([o for f in features for o in range(len(f["rows"]))]),
+            "gold": torch.tensor([f["gold"] for f in features]),
+        }
+
+    def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        return rank_classification_loss(model, batch, self.config.unlikelihood)
+
+
+def option_token_logprobs(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """``log p`` of each option token [rows, K] (K = the longest option) and where it is real.
+
+    Rows are left-padded, so option tokens fill the last ``L`` columns and are predicted by the
+    ``K`` positions before the last; only those reach the vocabulary head.
+    """
+    ids, mask, lengths = batch["input_ids"], batch["attention_mask"], batch["option_lengths"]
+    width, longest = ids.shape[1], int(lengths.max())
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # counted from each row's first real token
+    keep = torch.arange(width - 1 - longest, width - 1, device=ids.device)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, logits_to_keep=keep).logits
+    real = torch.arange(longest, device=ids.device)[None] >= (longest - lengths)[:, None]
+    targets = ids[:, width - longest :].masked_fill(~real, -100)
+    logprobs = -nn.functional.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="none"
+    ).view(targets.shape)
+    return logprobs, real
+
+
+def rank_classification_loss(model: nn.Module, batch: dict, unlikelihood: float = 0.0) -> torch.Tensor:
+    """Sum over the batch's questions of the rank-classification loss (see ``_RankObjective``)."""
+    logprobs, real = option_token_logprobs(model, batch)
+    lengths, question, option, gold = batch["option_lengths"], batch["question"], batch["option"], batch["gold"]
+    mean = logprobs.sum(-1) / lengths
+    scores = mean.new_full((len(gold), int(option.max()) + 1), float("-inf"))  # a question's missing options: -inf
+    scores = scores.index_put((question, option), mean)
+    loss = nn.functional.cross_entropy(scores, gold, reduction="sum")
+    if unlikelihood:
+        wrong = (option != gold[question])[:, None] & real
+        # log(1 − p), kept finite when p rounds to 1
+        unlikely = -torch.log1p(-logprobs.exp().clamp(max=1 - 1e-6)) * wrong
+        per_question = torch.zeros_like(scores[:, 0]).index_add(0, question, unlikely.sum(-1))
+        wrong_tokens = torch.zeros_like(per_question).index_add(0, question, wrong.sum(-1).to(per_question.dtype))
+        loss = loss + unlikelihood * (per_question / wrong_tokens.clamp_min(1)).sum()
+    return loss
+
+
+OBJECTIVES = ("lm", "rank")
+_OBJECTIVES = {"lm": _LikelihoodObjective, "rank": _RankObjective}
 
 
 # --- optimizer --------------------------------------------------------------------------------------
@@ -489,7 +594,7 @@ def run_fingerprint(model: nn.Module, config: TrainConfig, features: Sequence[di
     keep = {k: v for k, v in config.to_dict().items() if k not in ("checkpoint_every", "log_with")}
     data = hashlib.sha256()
     for feature in features:
-        data.update(np.asarray(feature["input_ids"] + [-1] + feature["labels"], dtype=np.int64).tobytes())
+        data.update(json.dumps(feature, sort_keys=True).encode())
     base = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
     embeddings = model.get_input_embeddings().weight
     base.update(embeddings.detach()[:4].to("cpu", torch.float64).numpy().tobytes())  # same architecture, other weights

@@ -26,6 +26,8 @@ def test_sweep_summarizes_every_arm_and_resumes_from_the_cache(tmp_path):
     meta = saved["meta"]
     assert meta["command"] == "test" and meta["seeds"] == [0, 1] and meta["n"] == 12 and meta["prompt_style"] == "cloze"
     assert {"date", "versions", "machine"} <= set(meta) and meta["versions"]["torch"]
+    assert meta["code"]["fingerprint"] and meta["run_code"][0]["runs"] == 5 and meta["warnings"] == []
+    assert set(meta["data"]) == {f"{task}/{split}.json" for task in ("boolq", "piqa") for split in ("train", "test")}
 
     moe, omoe = saved["arms"]
     assert [moe["arm"], omoe["arm"]] == ["moe4", "omoe4"] and moe["label"] == ARMS["moe4"].name
@@ -91,4 +93,7 @@ def test_a_variant_trains_and_is_analysed_like_the_mixtures(tmp_path):
                     **{**SMALL, "data_dir": None, "tasks": ("boolq", "piqa")})
     shared = summary["arms"][1]
     assert shared["arm"] == "moe4shared" and shared["parameters"]["trainable"] > summary["arms"][0]["parameters"]["trainable"]
+    # each arm records its own settings, not those of the arm it varies
+    assert shared["config"]["shared_expert"] is True and summary["arms"][0]["config"]["shared_expert"] is False
+    assert shared["settings"] == ARMS["moe4shared"].settings
     assert "diversity" in shared and summary["comparisons"][0]["label"].startswith("MoE-LoRA E=4 soft + shared expert")

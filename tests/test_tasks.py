@@ -8,13 +8,17 @@ import pytest
 
 from omoe_lab.data import Example
 from omoe_lab.data.tasks import (
+    DEV_PER_TASK,
     TASK_NAMES,
     TASKS,
+    builtin_data_dir,
+    dev_indices,
     load_task,
     load_tasks,
     parse_answer,
     parse_instruction,
     parse_llm_adapters_record,
+    read_llm_adapters_file,
     to_llm_adapters_record,
 )
 
@@ -181,8 +185,12 @@ def reference_data() -> Path:
 @pytest.mark.parametrize("name, split", sorted(REFERENCE_COUNTS))
 def test_reference_data_loads_completely(reference_data, name, split):
     records = json.loads((reference_data / name / f"{split}.json").read_text())
+    assert len(records) == REFERENCE_COUNTS[name, split]
+    if split == "train":  # the train file is the train and dev splits, disjoint, together
+        dev = set(dev_indices(name, len(records)))
+        records = [r for i, r in enumerate(records) if i not in dev]
     examples = load_task(name, split, data_dir=reference_data)
-    assert len(examples) == len(records) == REFERENCE_COUNTS[name, split]
+    assert len(examples) == len(records)
     for example, record in zip(examples, records):
         # The format line counts the options independently of the marker parser.
         assert len(example.options) == record["instruction"].rsplit("Answer format: ", 1)[1].count("/") + 1
@@ -345,14 +353,14 @@ def test_hub_row_with_a_bad_label_names_the_row(monkeypatch):
 
 # ----------------------------------------------------------------------------- mixing tasks
 def test_mixing_caps_each_task_and_is_deterministic(tmp_path):
-    write_suite(tmp_path, 5)
+    write_suite(tmp_path, 5, "test")  # the test file: train would lose a record to dev
     names = ["boolq", "piqa", "hellaswag"]
-    mixed = load_tasks(names, "train", data_dir=tmp_path, limit_per_task=3, seed=7)
+    mixed = load_tasks(names, "test", data_dir=tmp_path, limit_per_task=3, seed=7)
     assert collections.Counter(e.task for e in mixed) == {"boolq": 3, "piqa": 3, "hellaswag": 3}
     assert {e.question.rsplit("#", 1)[1] for e in mixed} == {"0", "1", "2"}  # caps keep the first N
-    assert mixed == load_tasks(names, "train", data_dir=tmp_path, limit_per_task=3, seed=7)
-    assert mixed != load_tasks(names, "train", data_dir=tmp_path, limit_per_task=3, seed=8)
-    in_order = load_tasks(names, "train", data_dir=tmp_path, limit_per_task=3, shuffle=False)
+    assert mixed == load_tasks(names, "test", data_dir=tmp_path, limit_per_task=3, seed=7)
+    assert mixed != load_tasks(names, "test", data_dir=tmp_path, limit_per_task=3, seed=8)
+    in_order = load_tasks(names, "test", data_dir=tmp_path, limit_per_task=3, shuffle=False)
     assert [e.task for e in in_order] == ["boolq"] * 3 + ["piqa"] * 3 + ["hellaswag"] * 3
     assert sorted(mixed, key=in_order.index) == in_order  # the same examples, reordered
 
@@ -450,3 +458,22 @@ def test_a_registered_reader_loads_records_in_a_format_of_ones_own(tmp_path, reg
         registry.register_task(registry.TaskSpec("piqa", layout="answer", num_options=2))
     with pytest.raises(ValueError, match="'quiz' has no Hugging Face Hub source; load it from a folder"):
         load_task("quiz", data_dir="hub")
+
+
+# ----------------------------------------------------------------------------- the dev split
+@pytest.mark.parametrize("data_dir", [None, "reference"])
+def test_dev_is_a_fixed_part_of_the_train_file_disjoint_from_train(data_dir, request):
+    folder = request.getfixturevalue("reference_data") if data_dir else None
+    for name in (["ARC-Challenge", "boolq"] if data_dir else ["piqa", "winogrande"]):
+        whole = read_llm_adapters_file((folder or builtin_data_dir()) / name / "train.json", name)
+        train, dev = load_task(name, "train", folder), load_task(name, "dev", folder)
+        assert len(dev) == min(DEV_PER_TASK, len(whole) // 5) and len(train) + len(dev) == len(whole)
+        key = lambda ex: (ex.question, ex.options)
+        assert not set(map(key, train)) & set(map(key, dev))  # never trained on what choices are made on
+        assert dev == load_task(name, "dev", folder)  # fixed: the same questions every call
+        assert dev == [whole[i] for i in dev_indices(name, len(whole))]
+
+
+def test_unknown_split_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="choose one of .*dev"):
+        load_task("piqa", "validation")

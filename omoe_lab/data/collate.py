@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from .example import Example
-from .prompts import build_prompt, check_label_words_are_shown, check_prompt_style, target_text
+from .prompts import build_prompt, check_label_words_are_shown, check_prompt_style, option_continuations, target_text
 
 IGNORE_INDEX = -100  # what torch's cross-entropy and HF models skip
 
@@ -70,6 +70,33 @@ def encode_example(
     if len(prompt_ids) - keep_bos > room:
         prompt_ids = prompt_ids[:keep_bos] + prompt_ids[len(prompt_ids) - room:]
     return {"input_ids": prompt_ids + target_ids, "labels": [IGNORE_INDEX] * len(prompt_ids) + target_ids}
+
+
+def option_token_ids(tokenizer, example: Example, style: str = "listed") -> list[list[int]]:
+    """Each option's continuation tokens, exactly as the ``loglik`` scorer appends them to the prompt."""
+    options = [list(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in option_continuations(example, style)]
+    if not all(options):
+        raise ValueError(f"{example.task}: an option of {example.options} has no tokens")
+    return options
+
+
+def encode_choices(tokenizer, example: Example, max_length: int, prompt_style: str = "listed") -> dict[str, list]:
+    """One row per option, ``prompt + option`` as the ``loglik`` scorer reads it (no EOS), for the
+    rank-classification objective: ``{"rows", "option_lengths", "gold"}``.
+
+    A prompt too long for its longest option loses tokens from its left (after a kept BOS), as in
+    :func:`encode_example`; the options are never cut.
+    """
+    prompt_ids = encode_prompt(tokenizer, example, prompt_style)
+    options = option_token_ids(tokenizer, example, prompt_style)
+    keep_bos = 1 if prompt_ids and tokenizer.bos_token_id is not None and prompt_ids[0] == tokenizer.bos_token_id else 0
+    room = max_length - max(map(len, options)) - keep_bos
+    if room < 1:
+        raise ValueError(f"{example.task}: max_length={max_length} leaves no room for the prompt beside an option of "
+                         f"{max(map(len, options))} tokens")
+    if len(prompt_ids) - keep_bos > room:
+        prompt_ids = prompt_ids[:keep_bos] + prompt_ids[len(prompt_ids) - room:]
+    return {"rows": [prompt_ids + option for option in options], "option_lengths": [len(o) for o in options], "gold": example.label}
 
 
 class TrainCollator:

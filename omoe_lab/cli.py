@@ -381,7 +381,8 @@ def _sweep(args) -> int:
     given = {"model": args.model, "data_dir": args.data_dir, "eval_per_task": args.eval_per_task, "train_per_task": args.train_per_task,
              "steps": args.steps, "diversity_every": args.diversity_every, "prompt_style": args.prompt_style, "profile": args.profile}
     common = {k: v for k, v in given.items() if v is not None}
-    out = args.out or Path("results") / f"sweep-{args.setting}-{profile_from_env(args.profile).name}.json"
+    profile = args.profile or _settings()[args.setting].run.get("profile")  # the learn setting has its own
+    out = args.out or Path("results") / f"sweep-{args.setting}-{profile_from_env(profile).name}.json"
     writable_folder(out.parent)
     command = "omoe-lab sweep " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["sweep"] else [])
     # real-data grids are the long ones worth keeping run by run; the built-in suite reruns in minutes

@@ -228,7 +228,12 @@ class RunConfig:
         )
 
     def label(self) -> str:
+        """What a reader calls the run; dev-split runs say so, so that no table mixes them with test runs."""
         c = self.resolved()
+        return self._name(c) + (" [dev]" if c.eval_split == "dev" else "")
+
+    @staticmethod
+    def _name(c: "RunConfig") -> str:
         if c.method == "none":
             return "zero-shot"
         start = f", B ~ N(0, {c.b_init_std}²)" if c.b_init_std != DEFAULT_B_INIT_STD[c.method] else ""
@@ -289,8 +294,9 @@ def run(
     Pass ``model``/``tokenizer`` to reuse a loaded base model (its adapters are detached again
     at the end), and a ``FrozenPrefix`` of that model so runs share the frozen blocks' work.
     ``record_dir``: also write the run's ``result.json`` there as ``<key>.json`` (a replayed run's
-    too, if missing), to commit as each run of a long grid finishes; copied back as
-    ``<cache>/<key>/result.json`` it replays the run (everything but the adapters).
+    too, if missing), to commit as each run of a long grid finishes: the whole result but the
+    adapters and its t-SNE points (``RECORD_OMITS``); copied back as ``<cache>/<key>/result.json``
+    it replays the run with an empty embedding.
     """
     from .models import load_model
 
@@ -370,8 +376,14 @@ def run_meta(config: RunConfig) -> dict[str, Any]:
             "environment": provenance.environment(), "command": list(sys.argv)}
 
 
+# left out of a run's record: the t-SNE points (hundreds of KB a run; the analysis redraws them
+# from the cached run) — the record keeps what the statistics re-test: metrics, answers, diversity
+RECORD_OMITS = ("embedding",)
+
+
 def _write_record(record_dir: str | Path, key: str, text: str) -> None:
-    atomic_write_text(Path(record_dir) / f"{key}.json", text)
+    data = {k: v for k, v in json.loads(text).items() if k not in RECORD_OMITS}
+    atomic_write_text(Path(record_dir) / f"{key}.json", json.dumps(data, indent=1) + "\n")
 
 
 def best_baselines(zero: RunResult, chosen_on: RunResult | None = None) -> dict[str, Any]:

@@ -146,12 +146,21 @@ def zero_shot_baselines(results: Sequence[RunResult]) -> dict[str, dict[str, Any
     (baselines exist for ``loglik`` only), with the run it came from under ``"run"``."""
     found = {}
     for r in results:
-        if r.config.get("method") == "none" and r.metrics.get("baselines") and r.metrics["protocol"] not in found:
-            best = best_baselines(r)
+        if (r.config.get("method") == "none" and r.config.get("eval_split", "test") == "test" and r.metrics.get("baselines")
+                and r.metrics["protocol"] not in found):
+            best = best_baselines(r, chosen_on=_dev_twin(r, results))
             correct = best["best_per_task_correct"]
             found[r.metrics["protocol"]] = {**best, "run": r, "accuracy": sum(correct) / len(correct) if correct else float("nan"),
                                             "n": len(correct)}
     return found
+
+
+def _dev_twin(run: RunResult, results: Sequence[RunResult]) -> RunResult | None:
+    """The same zero-shot configuration scored on the dev split, if ``results`` hold it: each task's
+    best way is then chosen on dev (``experiments.best_baselines``)."""
+    same = {k: v for k, v in run.config.items() if k != "eval_split"}
+    return next((r for r in results if r.config.get("eval_split") == "dev" and r.metrics.get("baselines")
+                 and {k: v for k, v in r.config.items() if k != "eval_split"} == same), None)
 
 
 def paired_with_best_baseline(results: Sequence[RunResult]) -> dict[str, dict]:

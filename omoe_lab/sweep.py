@@ -33,6 +33,7 @@ from .experiments import VARIANT_DEFAULTS, RunConfig, RunResult, best_baselines,
 from .io import atomic_write_text, writable_folder
 
 REAL_TASKS = ("ARC-Easy", "ARC-Challenge", "boolq", "openbookqa")  # the paper's multi-task mix, PIQA aside
+LEARN_TASKS = (*REAL_TASKS, "social_i_qa")  # the mix of the learn regime (docs/results.md)
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,12 @@ SETTINGS = {
         "variants", "the real multi-task setting, for the lab's other experts (compared with the real setting's arms)",
         arms=("moe4", "omoe4", *VARIANT_ARMS), run={"tasks": REAL_TASKS, "data_dir": "../shared/data/commonsense"},
     ),
+    "learn": Setting(
+        "learn", "the regime where fine-tuning learns (profile learn: rank objective, chosen on dev): real ARC-Easy, "
+        "ARC-Challenge, BoolQ, OpenBookQA and Social IQa; a fixed random subset of each test split",
+        arms=("lora", "moe4", "moe8", "moe8top2", "omoe2", "omoe4", "control4"),
+        run={"tasks": LEARN_TASKS, "data_dir": "../shared/data/commonsense", "profile": "learn"},
+    ),
     "builtin": Setting(
         "builtin", "the built-in offline eight-task suite", arms=("lora", "moe4", "omoe4", "control4"), run={},
     ),
@@ -97,9 +104,10 @@ SETTINGS = {
 
 
 def sweep_configs(setting: Setting, seeds: Sequence[int], **common) -> list[RunConfig]:
-    """Zero-shot once, then every arm × seed; ``common`` overrides RunConfig fields of all runs."""
+    """Zero-shot on test, zero-shot on dev (where each task's best way is chosen), then every
+    arm × seed; ``common`` overrides RunConfig fields of all runs."""
     shared = {**setting.run, **common}
-    configs = [RunConfig(**{**shared, **ZERO_SHOT.settings})]
+    configs = [RunConfig(**{**shared, **ZERO_SHOT.settings}), RunConfig(**{**shared, **ZERO_SHOT.settings, "eval_split": "dev"})]
     for key in setting.arms:
         configs += [RunConfig(**{**shared, **ARMS[key].settings, "seed": seed}) for seed in seeds]
     return configs
@@ -156,14 +164,14 @@ def summarize_sweep(setting: Setting, configs: Sequence[RunConfig], results: Seq
     ``meta["warnings"]``. Runs whose recorded data hashes differ from the files now are listed there too.
     """
     warnings = _mixed_fingerprints(results, allow_mixed_fingerprints)
-    zero, runs = results[0], results[1:]
+    zero, zero_dev, runs = results[0], results[1], results[2:]
     by_arm = {key: runs[i * len(seeds) : (i + 1) * len(seeds)] for i, key in enumerate(setting.arms)}
     questions = zero.metrics["questions"]
     for arm_runs in by_arm.values():
         for r in arm_runs:
             if r.metrics["questions"] != questions:
                 raise ValueError(f"{r.label} (seed {r.config['seed']}) answered other questions than zero-shot; re-run it")
-    baselines = best_baselines(zero)
+    baselines = best_baselines(zero, chosen_on=zero_dev)  # chosen on dev, scored on test
     arms = [_arm_summary(key, by_arm[key], seeds, baselines) for key in setting.arms]
     comparisons = [_comparison(a, b, by_arm[a], by_arm[b]) for a, b in COMPARISONS if a in by_arm and b in by_arm]
     data = provenance.data_hashes(zero.config["tasks"], zero.config["data_dir"], ("train", zero.config.get("eval_split", "test")))

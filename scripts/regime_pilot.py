@@ -43,8 +43,12 @@ def main() -> None:
     parser.add_argument("--out", default="results/regime-pilot.json")
     parser.add_argument("--cache-dir", default=None, help="the run cache (default: $OMOE_LAB_RUNS/cache)")
     parser.add_argument("--rows", type=int, default=len(ROWS), help="run only the first N rows")
+    parser.add_argument("--tasks", nargs="+", default=list(REAL_MIX), help="the training and dev mix (default: all five)")
+    parser.add_argument("--train-per-task", type=int, default=START["train_per_task"])
+    parser.add_argument("--eval-per-task", type=int, default=START["eval_per_task"], help="dev questions per task")
     args = parser.parse_args()
-    common = {**START, "data_dir": args.data_dir}
+    common = {**START, "data_dir": args.data_dir, "tasks": tuple(args.tasks), "train_per_task": args.train_per_task,
+              "eval_per_task": args.eval_per_task}
     model, tokenizer = load_model("default")
     prefixes = {}  # by adapted-block count
 
@@ -58,9 +62,9 @@ def main() -> None:
     zero = run_row(RunConfig(**{**common, "method": "none"}))
     base = best_baselines(zero)
     table = {"meta": {"code": provenance.code_identity(), "environment": provenance.environment(),
-                      "data": provenance.data_hashes(REAL_MIX, args.data_dir, ("train",)),
-                      "command": "python scripts/regime_pilot.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None),
-                      "start": START, "split": "dev", "seed": 0},
+                      "data": provenance.data_hashes(args.tasks, args.data_dir, ("train",)),
+                      "command": "python scripts/regime_pilot.py " + " ".join(f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items() if v is not None),
+                      "start": {k: v for k, v in common.items() if k != "data_dir"}, "split": "dev", "seed": 0},
              "zero_shot": {"ways": {n: w["accuracy"] for n, w in base["ways"].items()}, "best_per_task": base["best_per_task"],
                            "best_per_task_accuracy": sum(base["best_per_task_correct"]) / len(base["best_per_task_correct"]),
                            "seconds": zero.seconds},

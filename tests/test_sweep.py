@@ -20,14 +20,14 @@ def test_sweep_summarizes_every_arm_and_resumes_from_the_cache(tmp_path):
     sweep("builtin", (0, 1), arms=["moe4"], cache_dir=cache, progress=False, **SMALL)
     finished = {p.name for p in cache.iterdir()}
     summary = sweep("builtin", (0, 1), arms=["moe4", "omoe4"], cache_dir=cache, out=out, command="test", progress=False, **SMALL)
-    assert finished < {p.name for p in cache.iterdir()} and len(list(cache.iterdir())) == 5  # zero-shot + 2 arms × 2 seeds
+    assert finished < {p.name for p in cache.iterdir()} and len(list(cache.iterdir())) == 6  # zero-shot on test and dev + 2 arms × 2 seeds
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(summary))
     meta = saved["meta"]
     assert meta["command"] == "test" and meta["seeds"] == [0, 1] and meta["n"] == 12 and meta["prompt_style"] == "cloze"
     assert {"date", "versions", "machine"} <= set(meta) and meta["versions"]["torch"]
-    assert meta["code"]["fingerprint"] and meta["run_code"][0]["runs"] == 5 and meta["warnings"] == []
-    assert set(meta["data"]) == {f"{task}/{split}.json" for task in ("boolq", "piqa") for split in ("train", "test")}
+    assert meta["code"]["fingerprint"] and meta["run_code"][0]["runs"] == 6 and meta["warnings"] == []
+    assert set(meta["data"]) == {f"{task}/{split}.json" for task in ("boolq", "piqa") for split in ("train", "test")}  # dev is read from train.json
 
     moe, omoe = saved["arms"]
     assert [moe["arm"], omoe["arm"]] == ["moe4", "omoe4"] and moe["label"] == ARMS["moe4"].name
@@ -52,8 +52,9 @@ def test_sweep_summarizes_every_arm_and_resumes_from_the_cache(tmp_path):
 
     baselines = saved["baselines"]
     assert {"listed/mean", "listed/sum", "listed/char", "listed/pmi", "cloze/mean", "cloze/pmi", "majority"} <= set(baselines["ways"])
+    assert baselines["chosen_on"] == "dev"  # each task's best way: the best on dev, scored on test
     for task, best in baselines["best_per_task"].items():
-        assert best["accuracy"] == max(way["per_task"][task] for way in baselines["ways"].values())
+        assert best["accuracy"] == baselines["ways"][best["baseline"]]["per_task"][task] and "dev_accuracy" in best
 
 
 def test_sweep_refuses_bad_input_before_any_work(tmp_path):

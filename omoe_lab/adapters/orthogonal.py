@@ -8,13 +8,16 @@ and the mode decides what each expert contributes:
 ``"stiefel"`` ``q_k = q̂_k``; ``"orthogonal"`` ``q_k = u_k``; ``"norm_preserving"`` ``q_k = ‖e_k‖ q̂_k``.
 
 Redundant experts. An expert with ``‖u_k‖ ≤ tol·‖e_k‖`` (zero, duplicated, or in the span of the
-experts before it) has no direction of its own: it gets ``q̂_k = 0`` and contributes nothing.
-An additive ``u/(‖u‖+eps)`` would instead turn float round-off into a vector of arbitrary length
-and direction, which is neither orthonormal nor small.
+experts before it, one or several, with any coefficients) has no direction of its own: it gets
+``q̂_k = 0`` and contributes nothing. An additive ``u/(‖u‖+eps)`` would instead turn float round-off
+into a vector of arbitrary length and direction, which is neither orthonormal nor small.
 
 Precision. The fast path decides redundancy from a Gram matrix, whose round-off (~eps of its
 dtype) sets how small a threshold it can resolve: ``resolvable_tol(dtype)``, 1.49e-6 in float64
 but 3.45e-2 in float32. A smaller ``tol`` is refused with a ValueError, never silently raised.
+The same round-off bounds the coefficients with which an expert can lie in the span of earlier
+ones and still be recognized as redundant (``live_experts``: ``‖β‖ ≲ tol/(c·√eps)`` in the
+cosine metric, c ≈ 1.5–5: ~4500 in float64 at the default tol, 20–67 in float32 at its floor).
 """
 from __future__ import annotations
 
@@ -119,11 +122,14 @@ def resolvable_tol(dtype: torch.dtype) -> float:
     """Smallest redundancy ``tol`` a Gram matrix in ``dtype`` resolves: ``100·√eps`` (float64 1.49e-6,
     float32 3.45e-2).
 
-    Redundancy is decided on ``C + δI`` with the jitter ``δ = (tol/10)²``. ``δ`` must stay above the
-    factorization's round-off, ``δ ≥ 100·eps`` (below ~10·eps float32 Cholesky already fails on
-    cosine matrices full of duplicates), and an exact duplicate then measures ``≈ 1.45·√δ``, 7×
-    below ``tol``. At the threshold, the implicit columns lose orthogonality as ``eps/tol² ≤ 1e-4``.
-    A float32 Gram cannot see a residual of 1e-4 at all: ``1 − cos² ≈ 1e-8 < eps32``.
+    The Gram's round-off leaves ``≈ c·√eps·‖β‖`` in the relative residual that ``live_experts``
+    measures for a redundant expert (``β``: its coefficients on earlier ones in the cosine metric,
+    1 for a duplicate; c ≈ 1.5 in float64, up to 5 in float32, measured for E = 3–16). At this
+    ``tol`` a duplicate measures 20–67× below it, and an expert in the span of earlier ones is
+    recognized up to ``‖β‖ ≈ 20–67``; a larger ``tol`` resolves larger coefficients. An expert kept
+    live at the threshold makes the implicit columns lose orthogonality as ``eps/tol² ≤ 1e-4``.
+    A float32 Gram cannot see a residual of 1e-4 at all: ``1 − cos² ≈ 1e-8 < eps32``. (The jitter
+    of that measurement, ``redundancy_jitter``, is ``(resolvable_tol/10)²`` whatever ``tol`` is.)
     """
     return 100 * math.sqrt(torch.finfo(dtype).eps)
 
@@ -174,14 +180,16 @@ def gram_schmidt_weights(
     ``Q̂ = E D^{-1/2} L^{-T}`` has orthonormal columns and ``q̂_k`` is built from ``e_1..e_k``.
     ``L_kk = ‖u_k‖/‖e_k‖`` is each expert's relative residual, so
 
-    1. factor ``C + δI`` (inactive experts replaced by identity rows) and call expert k
-       redundant when ``L_kk ≤ tol`` (``δ = (tol/10)²`` keeps exact duplicates factorizable):
-       ``live_experts``;
+    1. factor ``C + δI`` (inactive experts replaced by identity rows; ``δ = 100·eps`` keeps exact
+       duplicates factorizable) and call expert k redundant when the part of its pivot in expert
+       space, ``r_k = L̃_kk √(1 − δ‖(L̃⁻¹)_k‖²)``, is ``≤ tol`` (the pivot itself also counts the
+       jitter, ``√δ·‖β‖`` for an expert in the span of earlier ones with coefficients β): ``live_experts``;
     2. factor ``C`` again without the redundant experts, and solve
        ``w = D^{-1/2} L^{-T} (g ⊙ scale)`` with scale 1 (stiefel), ``L_kk ‖e_k‖`` (orthogonal)
        or ``‖e_k‖`` (norm_preserving): ``gram_schmidt_factors``.
 
-    Batched over tokens, no Python loop over experts, no host synchronization. Raises a ValueError
+    Batched over tokens (two factorizations, two triangular solves), no Python loop over experts,
+    no host synchronization. Raises a ValueError
     when ``tol < resolvable_tol(gram.dtype)`` (a float32 Gram with the default 1e-4, for one).
     """
     _check_mode(mode)
@@ -201,20 +209,67 @@ def normalized(gram: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, to
 
 def masked_cholesky(cosines: torch.Tensor, keep: torch.Tensor, jitter: float = 0.0) -> torch.Tensor:
     """``L`` of ``C + δI`` on the experts in ``keep``, with identity rows and columns for the others."""
+    return masked_cholesky_ex(cosines, keep, jitter).L
+
+
+def masked_cholesky_ex(cosines: torch.Tensor, keep: torch.Tensor, jitter: float = 0.0):
+    """``torch.linalg.cholesky_ex`` of ``masked_cholesky``'s matrix: ``(L, info)``."""
     eye = torch.eye(cosines.shape[-1], dtype=cosines.dtype, device=cosines.device)
     masked = torch.where(keep[..., :, None] & keep[..., None, :], cosines, eye)
-    return torch.linalg.cholesky_ex(masked + jitter * eye if jitter else masked).L
+    return torch.linalg.cholesky_ex(masked + jitter * eye if jitter else masked)
 
 
 def live_experts(inv_norm: torch.Tensor, cosines: torch.Tensor, tol: float) -> torch.Tensor:
     """Experts with a direction of their own [N, E] (bool), from ``normalized(gram, active)``: active,
-    non-zero, and a relative residual ``L_kk > tol`` in the factorization of ``C + δI``,
-    ``δ = (tol/10)²`` (≥ 100·eps(dtype) whenever ``check_resolvable_tol`` passes: above the
-    factorization's round-off). Decides only; no gradient."""
+    non-zero, and a relative residual ``ρ_k = ‖u_k‖/‖e_k‖ > tol``. Decides only; no gradient.
+
+    ``ρ_k`` is measured in one factorization ``C + δI = L̃L̃ᵀ`` over the non-zero experts, with the
+    jitter ``δ = redundancy_jitter(dtype)`` that keeps duplicates factorizable. Its pivot is not
+    the residual: with ``C + δI = XᵀX``, ``X = [V; √δ I]`` (``V`` the unit expert outputs), the pivot
+    ``L̃_kk = ‖x̃_k − Σ_j β_j x̃_j‖`` is the residual of a ridge fit ``β``,
+    ``L̃_kk² = r_k² + δ(1 + ‖β‖²)``, ``r_k = ‖ĉ_k − Σ_j β_j ĉ_j‖``. An expert exactly in the span of
+    several nearly parallel ones has ``‖β‖ ~ 1/ρ`` of theirs, so its pivot ``≈ √δ·‖β‖`` can exceed any
+    threshold (it did, at the former ``δ = (tol/10)²``, once ``‖β‖ ≳ 10``). The test is on ``r_k``,
+    the part of ``x̃_k``'s residual in expert space: row k of ``L̃⁻¹`` is ``z_k = (−β, 1)/L̃_kk``,
+    and ``q̃_k = X z_k`` is a unit vector, so
+
+        r_k² = L̃_kk² (1 − δ‖z_k‖²),          live ⇔ r_k > tol.
+
+    ``r_k ≥ ρ_k`` (a ridge fit is no better than least squares), so no expert with ``ρ_k > tol`` is
+    dropped; an expert in the span of earlier ones has ``r_k ≤ δ/λ_min`` (``λ_min`` the smallest
+    eigenvalue of the earlier experts' cosine matrix), far below ``tol``. What limits the test is
+    the Gram's round-off, ``≈ c·√eps·‖β‖`` in ``r_k`` (c ≈ 1.5 in float64, up to 5 in float32;
+    measured for E = 3–16): an expert whose coefficients on earlier ones reach ``‖β‖ ≈ tol/(c·√eps)``
+    (~4500 in float64 at the default 1e-4, where two live experts give at most ``‖β‖ ≈ 1/tol``;
+    20–67 in float32 at its 3.45e-2) cannot be told from a live one by this Gram, and is kept. The jitter only adds a direction
+    outside expert space, so a redundant expert does not disturb the later ones' ``r``: one
+    factorization, one triangular inverse, no loop over experts, no host synchronization.
+
+    Residuals are measured against every earlier non-zero expert, redundant ones included, where
+    the reference ``gram_schmidt`` measures against the live ones only: the two differ only where a
+    later expert lies along the residual of one dropped just under the threshold.
+    """
     with torch.no_grad():
         nonzero = inv_norm > 0
-        relative_residual = masked_cholesky(cosines, nonzero, (tol / 10) ** 2).diagonal(dim1=-2, dim2=-1)
-        return nonzero & (relative_residual > tol)
+        jitter = redundancy_jitter(cosines.dtype)
+        factor = masked_cholesky_ex(cosines, nonzero, jitter)
+        eye = torch.eye(cosines.shape[-1], dtype=cosines.dtype, device=cosines.device)
+        rows = torch.linalg.solve_triangular(factor.L, eye, upper=False)  # L̃⁻¹: row k is z_k
+        residual_sq = factor.L.diagonal(dim1=-2, dim2=-1).square() * (1 - jitter * rows.square().sum(-1))
+        # cholesky_ex stops at a non-positive pivot (info = its index + 1) and leaves the rest of L̃
+        # unfactored. δ = 100·eps keeps it away (none in 12800 tokens of duplicate- and span-heavy
+        # experts, float32 and float64); should it happen, no expert from there on is trusted as live
+        factored = torch.arange(cosines.shape[-1], device=cosines.device) < torch.where(
+            factor.info > 0, factor.info - 1, cosines.shape[-1]
+        ).unsqueeze(-1)
+        return nonzero & factored & (residual_sq > tol * tol)
+
+
+def redundancy_jitter(dtype: torch.dtype) -> float:
+    """``δ = 100·eps(dtype)`` = ``(resolvable_tol(dtype)/10)²``, the jitter of ``live_experts``: above the
+    factorization's round-off (float32 Cholesky of cosine matrices full of duplicates fails below
+    ~10·eps), and as small as that allows, because the ridge fit's bias ``δ/λ_min`` grows with it."""
+    return 100 * torch.finfo(dtype).eps
 
 
 def gram_schmidt_factors(

@@ -110,3 +110,15 @@ def test_bad_objective_settings_are_refused():
         TrainConfig(objective="contrastive")
     with pytest.raises(ValueError, match="only set with objective='rank'"):
         TrainConfig(unlikelihood=1.0)
+
+
+def test_the_learn_profile_trains_with_the_rank_objective():
+    from omoe_lab.experiments import RunConfig
+
+    assert RunConfig(method="lora", profile="learn").train_config().objective == "rank"
+    assert RunConfig(method="lora", profile="quick").train_config().objective == "lm"
+    # label scoring has no options to rank: the profile's objective gives way to lm
+    assert RunConfig(method="lora", profile="learn", protocol="label").train_config().objective == "lm"
+    assert RunConfig(method="none", profile="learn").resolved().objective is None  # zero-shot trains nothing
+    with pytest.raises(ValueError, match="use it with protocol 'loglik'"):
+        RunConfig(method="lora", objective="rank", protocol="label").resolved()

@@ -92,7 +92,7 @@ SETTINGS = {
         arms=("moe4", "omoe4", *VARIANT_ARMS), run={"tasks": REAL_TASKS, "data_dir": "../shared/data/commonsense"},
     ),
     "learn": Setting(
-        "learn", "the regime where fine-tuning learns (profile learn: rank objective, chosen on dev): real Social IQa, "
+        "learn", "where fine-tuning moved accuracy most (profile learn: rank objective, chosen on dev): real Social IQa, "
         "a fixed random subset of its test split",
         arms=("lora", "moe4", "moe8", "moe8top2", "omoe2", "omoe4", "control4"),
         run={"tasks": LEARN_TASKS, "data_dir": "../shared/data/commonsense", "profile": "learn"},

@@ -40,7 +40,7 @@ from .data.collate import encode_prompt, encode_prompt_text, option_token_ids, p
 from .data.example import Example
 from .data.prompts import (
     ANSWER_CUE, LETTERS, PROMPT_STYLES, check_label_words_are_shown, check_prompt_style, is_boolean,
-    option_continuations, option_labels,
+    option_labels,
 )
 
 PROTOCOLS = ("loglik", "label", "generate")
@@ -282,10 +282,6 @@ def _label_token_ids(tokenizer, example: Example) -> list[int]:
     return first
 
 
-def _option_ids(tokenizer, example: Example, style: str = "listed") -> list[list[int]]:
-    return option_token_ids(tokenizer, example, style)
-
-
 @torch.inference_mode()
 def score_labels(
     model, tokenizer, examples: list[Example], batch_size: int = 8, progress: bool = True, *, prompt_style: str = "listed"
@@ -322,7 +318,7 @@ def score_options(
     """Per example, ``(log P(option | prompt), number of option tokens)`` for each option
     (:func:`score_continuations` of the prompt and the option texts, ``batch_size`` prompts per pass)."""
     prompts = [encode_prompt(tokenizer, ex, prompt_style) for ex in examples]
-    options = [_option_ids(tokenizer, ex, prompt_style) for ex in examples]
+    options = [option_token_ids(tokenizer, ex, prompt_style) for ex in examples]
     sums = score_continuations(
         model, prompts, options, tokenizer.pad_token_id, batch_size, progress, full_sequences=full_sequences, desc=f"loglik {prompt_style}"
     )
@@ -339,7 +335,7 @@ def score_neutral(
     serves them all, and each distinct option is scored once, however many questions share it
     ("true", "false", "yes", ...).
     """
-    options = [_option_ids(tokenizer, ex) for ex in examples]
+    options = [option_token_ids(tokenizer, ex) for ex in examples]
     distinct = list(dict.fromkeys(tuple(c) for conts in options for c in conts))
     # The neutral context is the same for all, so any grouping gives the same scores; groups as
     # wide as the widest question keep a pass about as big as one over the prompts.

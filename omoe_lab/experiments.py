@@ -32,6 +32,7 @@ from . import __version__, provenance
 from .adapters import AdapterConfig
 from .adapters.config import DEFAULT_B_INIT_STD, METHODS, ORTHOGONAL_METHODS
 from .analysis.diversity import layer_diversity
+from .analysis.merging import collapse_cost
 from .analysis.stats import paired_test, t_interval, wilson_interval  # noqa: F401 (paired_test: public here too)
 from .data.collate import encode_prompt, pad_rows, pad_token_id
 from .data.prompts import PROMPT_STYLES
@@ -51,7 +52,9 @@ SCHEMA_VERSION = 3
 # the label and generate protocols need the listed options
 DEFAULT_PROMPT_STYLE = {"loglik": "cloze", "label": "listed", "generate": "listed"}
 TEST_SUBSET_SEED = 0
-VARIANT_DEFAULTS = {"shared_expert": False, "null_experts": 0, "orthogonality_penalty": 0.0}  # one fixed random subset of each task's test split for every run and seed
+VARIANT_DEFAULTS = {"shared_expert": False, "null_experts": 0, "orthogonality_penalty": 0.0}
+# RunConfig fields left out of the cache key at these values, so that keys made before they existed stay valid
+KEY_DEFAULTS = {**VARIANT_DEFAULTS, "collapse_cost": False}
 
 @dataclass(frozen=True)
 class Profile:
@@ -152,6 +155,8 @@ class RunConfig:
     shared_expert: bool = False
     null_experts: int = 0
     orthogonality_penalty: float = 0.0
+    # after training, score the mixture merged into one LoRA and without each expert (E <= 4): analysis.merging
+    collapse_cost: bool = False
 
     def check(self) -> None:
         """Refuse a configuration that cannot run, before any model is loaded or trained."""
@@ -193,7 +198,7 @@ class RunConfig:
         if self.method not in ORTHOGONAL_METHODS:
             values["orthogonalize"] = None
         if self.method in ("lora", "none"):
-            values["top_k"] = None
+            values.update(top_k=None, collapse_cost=False)  # no experts to merge
         if values["protocol"] != "loglik" and self.objective is None:
             values.update(objective="lm", unlikelihood=0.0)  # a profile's rank objective needs loglik
         if values["objective"] == "lm":
@@ -206,7 +211,7 @@ class RunConfig:
 
     def key(self) -> str:
         fields = dataclasses.asdict(self.resolved())
-        for name, default in VARIANT_DEFAULTS.items():  # left out at their defaults: older keys stay valid
+        for name, default in KEY_DEFAULTS.items():  # left out at their defaults: older keys stay valid
             if fields[name] == default:
                 del fields[name]
         # the fingerprint, read through the module so that tests (and a notebook) can replace it
@@ -268,6 +273,7 @@ class RunResult:
     experts: list[dict] = field(default_factory=list)
     embedding: list[dict] = field(default_factory=list)
     diversity: list[dict] = field(default_factory=list)  # over training: {"step", measures..., "per_layer"}
+    collapse: dict[str, Any] = field(default_factory=dict)  # analysis.merging.collapse_cost, when the config asks
     parameters: dict[str, Any] = field(default_factory=dict)
     # provenance of a fresh run: {"code", "data", "environment", "command"} (empty in older results)
     meta: dict[str, Any] = field(default_factory=dict)
@@ -346,8 +352,10 @@ def run(
                 majority = majority_baseline(load_tasks(list(resolved.tasks), "train", resolved.data_dir, shuffle=False), test)
                 result.metrics["baselines"] = {name: _scores(way) for name, way in {**ways, "majority": majority}.items()}
             else:
-                scored = evaluate(model, tokenizer, test, protocol=resolved.protocol, batch_size=16, progress=progress,
-                                  prompt_style=resolved.prompt_style, full_sequences=full_sequences)
+                def score_test():
+                    return evaluate(model, tokenizer, test, protocol=resolved.protocol, batch_size=16, progress=progress,
+                                    prompt_style=resolved.prompt_style, full_sequences=full_sequences)
+                scored = score_test()
             result.metrics.update({
                 **_scores(scored), "protocol": scored.protocol, "prompt_style": resolved.prompt_style, "n": scored.n,
                 "n_per_task": _count_by_task(test), "chance_per_task": scored.chance,
@@ -355,7 +363,13 @@ def run(
                 "questions": [question_id(ex) for ex in test],  # which questions ``correct`` refers to
             })
             if resolved.method not in ("none", "lora"):  # a single LoRA has no experts to compare
-                result.experts, result.embedding = analyse_experts(model, tokenizer, spread(test, ANALYSIS_PROMPTS), resolved, progress)
+                captured = capture_for_analysis(model, tokenizer, test, resolved, progress)
+                result.experts, result.embedding = analyse_experts(captured, resolved)
+                if resolved.collapse_cost:
+                    def score_variant():
+                        variant = score_test()
+                        return variant.accuracy, [int(p.correct) for p in variant.predictions]
+                    result.collapse = collapse_cost(model, captured, scored.accuracy, score_variant)
         if resolved.method != "none":
             folder.mkdir(parents=True, exist_ok=True)
             save_adapters(model, folder / "adapters")
@@ -441,18 +455,24 @@ def frozen_prefix_for(model, config: RunConfig) -> FrozenPrefix | None:
     return FrozenPrefix(model, num_blocks - top)
 
 
-def analyse_experts(model, tokenizer, examples, config: RunConfig, progress: bool = True) -> tuple[list[dict], list[dict]]:
+def capture_for_analysis(model, tokenizer, test: Sequence, config: RunConfig, progress: bool = True):
+    """The experts' outputs on up to ``capture_tokens`` tokens of ``ANALYSIS_PROMPTS`` test prompts
+    spread over the test list, tokenized as the scorers do (``analysis.capture_experts``)."""
+    from .analysis import capture_experts
+
+    batches = prompt_batches(tokenizer, spread(test, ANALYSIS_PROMPTS), config.prompt_style)
+    return capture_experts(model, batches, max_tokens=config.capture_tokens, seed=config.seed, progress=progress)
+
+
+def analyse_experts(captured, config: RunConfig) -> tuple[list[dict], list[dict]]:
     """Per adapted layer: expert similarity, effective rank, Stiefel error and routing on held-out text.
 
     Diversity is measured on the raw outputs e_i across tokens (OMOE_SPEC §6); the q_i are only
     checked for orthonormality, which holds by construction. Also returns a 2-D t-SNE of the
     top adapted layer's expert outputs (one row per token × expert).
     """
-    from .analysis import capture_experts, direction_stiefel_error, embed, expert_load, routing_entropy, routing_summary
+    from .analysis import direction_stiefel_error, embed, expert_load, routing_entropy, routing_summary
 
-    # the scored prompts, tokenized as the scorers do
-    batches = prompt_batches(tokenizer, examples, config.prompt_style)
-    captured = capture_experts(model, batches, max_tokens=config.capture_tokens, seed=config.seed, progress=progress)
     load_by_task = routing_summary(captured).groupby(["layer", "task"])["load"].apply(list)
     rows = []
     for name, layer in captured.layers.items():

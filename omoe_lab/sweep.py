@@ -79,6 +79,8 @@ class Setting:
     description: str
     arms: tuple[str, ...]
     run: dict  # RunConfig fields shared by every run
+    # arms whose runs also measure what merging their experts costs (RunConfig.collapse_cost)
+    collapse_arms: tuple[str, ...] = ()
 
 
 SETTINGS = {
@@ -96,6 +98,7 @@ SETTINGS = {
         "a fixed random subset of its test split",
         arms=("lora", "moe4", "moe8", "moe8top2", "omoe2", "omoe4", "control4"),
         run={"tasks": LEARN_TASKS, "data_dir": "../shared/data/commonsense", "profile": "learn"},
+        collapse_arms=("moe8", "omoe4", "control4"),  # the headline pair and the control
     ),
     "builtin": Setting(
         "builtin", "the built-in offline eight-task suite", arms=("lora", "moe4", "omoe4", "control4"), run={},
@@ -109,7 +112,8 @@ def sweep_configs(setting: Setting, seeds: Sequence[int], **common) -> list[RunC
     shared = {**setting.run, **common}
     configs = [RunConfig(**{**shared, **ZERO_SHOT.settings}), RunConfig(**{**shared, **ZERO_SHOT.settings, "eval_split": "dev"})]
     for key in setting.arms:
-        configs += [RunConfig(**{**shared, **ARMS[key].settings, "seed": seed}) for seed in seeds]
+        collapse = {"collapse_cost": True} if key in setting.collapse_arms else {}
+        configs += [RunConfig(**{**shared, **ARMS[key].settings, **collapse, "seed": seed}) for seed in seeds]
     return configs
 
 

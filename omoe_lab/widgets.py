@@ -763,7 +763,7 @@ def _measured(undefined: dict, name: str, compute: Callable):
 class LayerExplorer:
     """Expert similarity, routing and the Stiefel check of a trained model, one adapted layer at a time.
 
-    The tokens are those the runs' analysis reads (``experiments.analyse_experts``): the
+    The tokens are those the runs' analysis reads (``experiments.capture_for_analysis``): the
     ``examples``' prompts in ``prompt_style``, tokenized by ``experiments.prompt_batches`` (the
     scored prompts, without the answers), at most ``max_tokens`` of them sampled uniformly with
     ``seed`` (``analysis.capture_experts``). With a run's test questions, ``capture_tokens`` and
@@ -819,7 +819,7 @@ class LayerExplorer:
             raise ValueError(f"{result.label} has no saved adapters (a zero-shot run, or a result not read from its folder)")
         config = RunConfig(**result.config)
         load_adapters(model, Path(result.folder) / "adapters")
-        if examples is None:  # the prompts analyse_experts measured
+        if examples is None:  # the prompts the run's analysis measured
             examples = experiments.spread(experiments.test_examples(config), experiments.ANALYSIS_PROMPTS)
         options = {"max_tokens": config.capture_tokens, "prompt_style": config.prompt_style, "seed": config.seed,
                    "label": f"{result.label} (profile {config.profile})", **kwargs}

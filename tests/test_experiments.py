@@ -32,6 +32,18 @@ def test_one_run_trains_evaluates_analyses_and_replays_from_cache(tmp_path):
     assert again.from_cache and again.metrics == result.metrics and again.experts == result.experts
 
 
+def test_a_run_can_measure_what_merging_its_experts_costs(tmp_path):
+    config = RunConfig(method="moe", num_experts=2, collapse_cost=True, **SMALL)
+    result = run(config, cache_dir=tmp_path, progress=False)
+    cost = result.collapse
+    assert cost["accuracy"] == result.metrics["accuracy"] and cost["probe_tokens"] > 0
+    assert [v["variant"] for v in cost["variants"]] == ["merged", "without expert 0", "without expert 1"]
+    for variant in cost["variants"]:  # scored on the run's own test questions
+        assert len(variant["correct"]) == 8 and variant["accuracy"] == sum(variant["correct"]) / 8
+    assert run(config, cache_dir=tmp_path, progress=False).collapse == cost  # replayed from the cache
+    assert run(RunConfig(method="moe", num_experts=2, **SMALL), cache_dir=tmp_path, progress=False).collapse == {}
+
+
 def test_profiles_fill_every_size_and_the_key_follows_the_resolved_config(monkeypatch):
     resolved = RunConfig(method="moe", profile="ci").resolved()
     assert resolved.steps == PROFILES["ci"].steps and resolved.orthogonalize is None

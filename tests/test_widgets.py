@@ -717,11 +717,11 @@ def assert_same_rows(explorer, rows):
 
 
 def test_layer_explorer_captures_the_scored_prompts_as_the_runs_do(tokenizer):
-    # the same tokens as experiments.analyse_experts (and so as ExpertCountExplorer's CKA panel):
+    # the same tokens as experiments.capture_for_analysis (and so as ExpertCountExplorer's CKA panel):
     # the scored prompts without their answers, tokenized by experiments.prompt_batches
     model = tiny_model("omoe")
     config = experiments.RunConfig(method="omoe", num_experts=3, profile="ci", prompt_style="cloze", capture_tokens=64, seed=0)
-    rows, _ = experiments.analyse_experts(model, tokenizer, EXAMPLES, config, progress=False)
+    rows, _ = experiments.analyse_experts(experiments.capture_for_analysis(model, tokenizer, EXAMPLES, config, progress=False), config)
     explorer = widgets.LayerExplorer(model, tokenizer, EXAMPLES, max_tokens=64, prompt_style="cloze", seed=0)
     assert [b["input_ids"].tolist() for b in explorer.batches] == [
         b["input_ids"].tolist() for b in experiments.prompt_batches(tokenizer, EXAMPLES, "cloze")]
@@ -759,7 +759,9 @@ def test_layer_explorer_from_a_run_shows_the_runs_numbers(tokenizer, tmp_path):
                                    tasks=("boolq",), eval_per_task=4, capture_tokens=48, seed=1)
     result = RunResult(config=dataclasses.asdict(config.resolved()), key=config.key(), label=config.label(), metrics={},
                        folder=str(tmp_path))
-    rows, _ = experiments.analyse_experts(trained, tokenizer, experiments.test_examples(config), config.resolved(), progress=False)
+    resolved = config.resolved()
+    rows, _ = experiments.analyse_experts(
+        experiments.capture_for_analysis(trained, tokenizer, experiments.test_examples(config), resolved, progress=False), resolved)
 
     explorer = widgets.LayerExplorer.from_run(result, tiny_base(), tokenizer)
     assert (explorer.max_tokens, explorer.seed, explorer.prompt_style) == (48, 1, "cloze")

@@ -193,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
                        f"machine keeps its finished runs (default: {DEFAULT_RECORD_DIR} for the settings that read a data folder, "
                        "real and variants; none for builtin)")
     sweep.add_argument("--no-record", action="store_true", help="write no per-run records")
+    sweep.add_argument("--seed-major", action="store_true",
+                       help="run every arm of the first seed before the next seed (default: every seed of one arm, then the "
+                       "next arm), so that a grid cut short holds whole seeds to compare")
     sweep.add_argument("--allow-mixed-fingerprints", action="store_true",
                        help="combine runs made by code of different numerics fingerprints (refused by default: their numbers "
                        "need not be comparable); the summary's meta lists them as a warning")
@@ -389,7 +392,7 @@ def _sweep(args) -> int:
     record = None if args.no_record else args.record or (DEFAULT_RECORD_DIR if "data_dir" in _settings()[args.setting].run else None)
     summary = sweep(args.setting, args.seeds, arms=args.arms, cache_dir=args.cache_dir, out=out, command=command.strip(),
                     progress=not args.no_progress, record_dir=record, allow_mixed_fingerprints=args.allow_mixed_fingerprints,
-                    **common)
+                    seed_major=args.seed_major, **common)
     for arm in summary["arms"]:
         acc = arm["accuracy"]["all"]
         print(f"{arm['label']:40s} {acc['mean']:.3f} [{acc['low']:.3f}, {acc['high']:.3f}]")

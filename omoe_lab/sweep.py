@@ -128,12 +128,15 @@ def sweep(
     progress: bool = True,
     record_dir: str | Path | None = None,
     allow_mixed_fingerprints: bool = False,
+    seed_major: bool = False,
     **common,
 ) -> dict[str, Any]:
     """Run (or replay) the grid of ``setting`` and return its summary; ``out`` writes it as JSON.
 
     ``record_dir``: each run's result is also written there as ``<key>.json`` when it finishes.
     ``allow_mixed_fingerprints``: see :func:`summarize_sweep`.
+    ``seed_major``: run every arm of the first seed, then of the next (default: every seed of the
+    first arm, then the next arm), so that a grid cut short holds whole seeds to compare.
     """
     if setting not in SETTINGS:
         raise ValueError(f"unknown sweep setting {setting!r}: choose one of {list(SETTINGS)}")
@@ -150,7 +153,12 @@ def sweep(
         config.resolved()  # bad input fails here, before any folder is made or model loaded
     if out is not None:
         writable_folder(Path(out).parent, fix="choose another output file")
-    results = run_all(configs, cache_dir=cache_dir, progress=progress, record_dir=record_dir)
+    order = list(range(len(configs)))  # the zero-shot runs (0, 1) first either way
+    if seed_major:
+        order.sort(key=lambda i: configs[i].seed if i >= 2 else -1)  # stable: the arms' order within a seed
+    results: list[RunResult] = [None] * len(configs)  # type: ignore[list-item]
+    for i, result in zip(order, run_all([configs[i] for i in order], cache_dir=cache_dir, progress=progress, record_dir=record_dir)):
+        results[i] = result  # back in sweep_configs' order, which the summary reads
     summary = summarize_sweep(chosen, configs, results, seeds, command=command, allow_mixed_fingerprints=allow_mixed_fingerprints)
     if out is not None:
         atomic_write_text(Path(out), json.dumps(summary, indent=1, allow_nan=False) + "\n")

@@ -58,3 +58,43 @@ def test_cmh_without_disagreement_and_with_mismatched_questions():
     assert cmh_test([([1, 0], [1, 0])])["p"] == 1.0
     with pytest.raises(ValueError, match="same questions"):
         cmh_test([([1, 0], [1, 0, 1])])
+
+
+# --- the question as the unit, Holm -----------------------------------------------------------------
+def test_question_level_test_is_exact_against_every_sign_flip():
+    import itertools
+
+    from omoe_lab.analysis.stats import question_level_test
+
+    a = [[1, 0, 1, 0, 0, 1, 0, 0, 1, 0], [1, 0, 0, 0, 1, 1, 0, 0, 1, 0]]
+    b = [[1, 1, 1, 0, 1, 1, 1, 0, 0, 1], [1, 1, 1, 1, 1, 0, 1, 0, 1, 1]]
+    d = [sum(col_b) / 2 - sum(col_a) / 2 for col_a, col_b in zip(zip(*a), zip(*b))]
+    observed = sum(d) / len(d)
+    # the reference: every way of swapping a and b within questions, two-sided
+    flips = [sum(s * x for s, x in zip(signs, d)) / len(d) for signs in itertools.product((1, -1), repeat=len(d))]
+    expected = sum(abs(f) >= abs(observed) - 1e-12 for f in flips) / len(flips)
+    result = question_level_test(a, b, resamples=5000)
+    assert result["difference"] == pytest.approx(observed)
+    assert result["p"] == pytest.approx(expected)
+    assert result["low"] <= observed <= result["high"] and result["questions"] == 10 and result["seeds"] == [2, 2]
+    sd = math.sqrt(sum((x - observed) ** 2 for x in d) / 9)
+    assert result["mdd"] == pytest.approx((1.959964 + 0.841621) * sd / math.sqrt(10))
+
+
+def test_question_level_test_counts_a_question_once_however_many_seeds():
+    from omoe_lab.analysis.stats import question_level_test
+
+    a, b = [0, 1, 0, 1, 0, 1, 0, 0] * 5, [1, 1, 0, 1, 1, 1, 0, 0] * 5
+    one, three = question_level_test([a], [b]), question_level_test([a] * 3, [b] * 3)
+    assert three["p"] == pytest.approx(one["p"])  # identical seeds add no evidence
+    assert cmh_test([(a, b)] * 3)["p"] < cmh_test([(a, b)])["p"]  # where CMH over (seed, question) strata triples it
+    assert question_level_test([a], [a])["p"] == 1.0
+    with pytest.raises(ValueError, match="same questions"):
+        question_level_test([a], [b[:-1]])
+
+
+def test_holm_matches_its_step_down_definition():
+    from omoe_lab.analysis.stats import holm
+
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])  # R: p.adjust(..., "holm")
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0]) and holm([]) == []

@@ -98,3 +98,14 @@ def test_a_variant_trains_and_is_analysed_like_the_mixtures(tmp_path):
     assert shared["config"]["shared_expert"] is True and summary["arms"][0]["config"]["shared_expert"] is False
     assert shared["settings"] == ARMS["moe4shared"].settings
     assert "diversity" in shared and summary["comparisons"][0]["label"].startswith("MoE-LoRA E=4 soft + shared expert")
+
+
+def test_seed_major_runs_whole_seeds_first_and_summarizes_in_the_usual_order(monkeypatch):
+    import omoe_lab.sweep as sweep_module
+
+    ran, summarized = [], []
+    monkeypatch.setattr(sweep_module, "run_all", lambda configs, **kw: ran.extend(configs) or [f"{c.method}/{c.seed}" for c in configs])
+    monkeypatch.setattr(sweep_module, "summarize_sweep", lambda setting, configs, results, *a, **kw: summarized.extend(results) or {})
+    sweep_module.sweep("builtin", [0, 1], arms=["lora", "omoe4"], model="tiny", seed_major=True, progress=False)
+    assert [(c.method, c.seed) for c in ran[2:]] == [("lora", 0), ("omoe", 0), ("lora", 1), ("omoe", 1)]
+    assert summarized[2:] == ["lora/0", "lora/1", "omoe/0", "omoe/1"]  # the order sweep_configs made

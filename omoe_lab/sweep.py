@@ -7,8 +7,13 @@ summarized into one JSON file under ``results/`` that notebooks and docs read wi
 - accuracy per arm, overall and per task, with a Student-t 95 % interval over seeds;
 - the zero-shot baselines (every prompt style × normalization, calibrated PMI, the train split's
   majority answer) and, per task, the best of them;
-- paired tests between arms on the same questions: exact McNemar per seed, and combined over
-  seeds with the Cochran–Mantel–Haenszel test (``analysis.stats``);
+- paired tests between arms on the same questions: exact McNemar per seed, combined over seeds
+  with the Cochran–Mantel–Haenszel test, and with the question as the unit (a permutation test
+  over questions of the seed-averaged correctness, with its minimum detectable difference);
+  Holm-adjusted over the family of tests the summary makes (``analysis.stats``);
+- every arm's per-question answers (``correct``, one 0/1 list per seed, aligned with
+  ``meta.questions``), so that any test can be re-run without the models;
+- for the arms that measured it, what merging their experts costs (``analysis.merging``);
 - trainable parameters, the experts' diversity (mean |cos|, linear CKA biased and debiased,
   effective rank) with intervals over seeds, diversity over training, and routing mass per task;
 - provenance (``meta``): the command, versions and machine, the code that summarized and the code
@@ -28,7 +33,7 @@ from typing import Any, Sequence
 
 from . import provenance
 from .analysis.diversity import MEASURES, mean_over_layers
-from .analysis.stats import cmh_test, paired_test, t_interval
+from .analysis.stats import cmh_test, holm, paired_test, question_level_test, t_interval
 from .experiments import VARIANT_DEFAULTS, RunConfig, RunResult, best_baselines, run_all
 from .io import atomic_write_text, writable_folder
 
@@ -186,6 +191,7 @@ def summarize_sweep(setting: Setting, configs: Sequence[RunConfig], results: Seq
     baselines = best_baselines(zero, chosen_on=zero_dev)  # chosen on dev, scored on test
     arms = [_arm_summary(key, by_arm[key], seeds, baselines) for key in setting.arms]
     comparisons = [_comparison(a, b, by_arm[a], by_arm[b]) for a, b in COMPARISONS if a in by_arm and b in by_arm]
+    family = _adjust_for_multiplicity(arms, comparisons)
     data = provenance.data_hashes(zero.config["tasks"], zero.config["data_dir"], ("train", zero.config.get("eval_split", "test")))
     warnings += _changed_data(results, data)
     return {
@@ -200,6 +206,8 @@ def summarize_sweep(setting: Setting, configs: Sequence[RunConfig], results: Seq
             "profile": zero.config["profile"], "tasks": list(zero.config["tasks"]), "protocol": zero.metrics["protocol"],
             "prompt_style": runs[0].metrics["prompt_style"] if runs else zero.metrics["prompt_style"],
             "n": zero.metrics["n"], "n_per_task": zero.metrics["n_per_task"], "chance_per_task": zero.metrics["chance_per_task"],
+            "questions": questions,  # the test questions, in the order of every ``correct`` list
+            "holm_family": family,
             "sizes": {k: runs[0].config[k] for k in ("steps", "batch_size", "lr", "rank", "top_blocks", "train_per_task", "eval_per_task")} if runs else {},
         },
         "baselines": baselines,
@@ -225,16 +233,20 @@ def _arm_summary(key: str, runs: Sequence[RunResult], seeds: Sequence[int], base
         "config": {k: first.config.get(k, VARIANT_DEFAULTS.get(k))
                    for k in ("method", "num_experts", "top_k", "orthogonalize", "b_init_std", *VARIANT_DEFAULTS)},
         "parameters": first.parameters, "seconds": [r.seconds for r in runs], "accuracy": accuracy,
+        "correct": [r.metrics["correct"] for r in runs],  # per seed, aligned with meta.questions
         "vs_best_baseline": {
             "per_seed": [paired_test(best, r.metrics["correct"]) for r in runs],
             "combined": cmh_test([(best, r.metrics["correct"]) for r in runs]),
+            "questions": question_level_test([best], [r.metrics["correct"] for r in runs]),
         },
     }
     diversity = [mean_over_layers(r.experts) for r in runs]
     if all(diversity):
         summary["diversity"] = {m: _interval([d[m] for d in diversity]) for m in MEASURES}
         summary["diversity_over_training"] = _over_training(runs)
-        summary["routing_by_task"] = _routing_by_task(runs)
+        summary["routing_by_task"], summary["routing_by_task_per_seed"] = _routing_by_task(runs)
+    if all(r.collapse for r in runs):
+        summary["collapse"] = _collapse_summary(runs)
     return summary
 
 
@@ -252,17 +264,40 @@ def _over_training(runs: Sequence[RunResult]) -> list[dict[str, Any]]:
     return rows
 
 
-def _routing_by_task(runs: Sequence[RunResult]) -> dict[str, dict[str, list[float]]]:
-    """Mean routing mass per (layer, task, expert), averaged over seeds."""
-    out: dict[str, dict[str, list[float]]] = {}
-    for row in runs[0].experts:
-        if "load_by_task" not in row:
-            continue
-        out[row["layer"]] = {}
-        for task in row["load_by_task"]:
-            loads = [next(x for x in r.experts if x["layer"] == row["layer"])["load_by_task"][task] for r in runs]
-            out[row["layer"]][task] = [sum(col) / len(col) for col in zip(*loads)]
-    return out
+def _routing_by_task(runs: Sequence[RunResult]) -> tuple[dict, list[dict]]:
+    """Routing mass per (layer, task, expert) of the first seed, and of every seed.
+
+    Never averaged over seeds: expert k of one seed has nothing to do with expert k of another
+    (their roles are permuted at random), so a mean over seeds hides the specialization there is.
+    """
+    per_seed = [{row["layer"]: row["load_by_task"] for row in r.experts if "load_by_task" in row} for r in runs]
+    return per_seed[0], per_seed
+
+
+def _collapse_summary(runs: Sequence[RunResult]) -> list[dict[str, Any]]:
+    """Per variant (merged, without expert j): accuracy lost and output change over seeds, and the
+    question-level test of the variant against the full mixture."""
+    rows = []
+    for i, first in enumerate(runs[0].collapse["variants"]):
+        variants = [r.collapse["variants"][i] for r in runs]
+        rows.append({
+            "variant": first["variant"],
+            "accuracy": _interval([v["accuracy"] for v in variants]),
+            "accuracy_lost": _interval([v["accuracy_lost"] for v in variants]),
+            "output_change": _interval([v["output_change"] for v in variants]),
+            "vs_full": question_level_test([r.metrics["correct"] for r in runs], [v["correct"] for v in variants]),
+        })
+    return rows
+
+
+def _adjust_for_multiplicity(arms: list[dict], comparisons: list[dict]) -> list[str]:
+    """Holm-adjust the question-level p-values of the family the summary tests (every arm against
+    the best baseline, every comparison between arms), in place as ``holm_p``; returns the family."""
+    tests = [(f"{arm['arm']} vs best baseline", arm["vs_best_baseline"]["questions"]) for arm in arms]
+    tests += [(f"{c['b']} vs {c['a']}", c["questions"]) for c in comparisons]
+    for (_, test), adjusted in zip(tests, holm([test["p"] for _, test in tests])):
+        test["holm_p"] = adjusted
+    return [name for name, _ in tests]
 
 
 def _comparison(a: str, b: str, runs_a: Sequence[RunResult], runs_b: Sequence[RunResult]) -> dict[str, Any]:
@@ -270,7 +305,8 @@ def _comparison(a: str, b: str, runs_a: Sequence[RunResult], runs_b: Sequence[Ru
     pairs = [(ra.metrics["correct"], rb.metrics["correct"]) for ra, rb in zip(runs_a, runs_b)]
     differences = [rb.metrics["accuracy"] - ra.metrics["accuracy"] for ra, rb in zip(runs_a, runs_b)]
     out = {"a": a, "b": b, "label": f"{ARMS[b].name} vs {ARMS[a].name}", "difference": _interval(differences),
-           "per_seed": [paired_test(*pair) for pair in pairs], "combined": cmh_test(pairs)}
+           "per_seed": [paired_test(*pair) for pair in pairs], "combined": cmh_test(pairs),
+           "questions": question_level_test([ra.metrics["correct"] for ra in runs_a], [rb.metrics["correct"] for rb in runs_b])}
     diversity_a, diversity_b = ([mean_over_layers(r.experts) for r in rs] for rs in (runs_a, runs_b))
     if all(diversity_a) and all(diversity_b):
         out["cka_difference"] = _interval([db["mean_cka"] - da["mean_cka"] for da, db in zip(diversity_a, diversity_b)])

@@ -40,7 +40,16 @@ def test_sweep_summarizes_every_arm_and_resumes_from_the_cache(tmp_path):
     assert [row["step"] for row in moe["diversity_over_training"]] == [2, 4]  # B = 0: undefined until the first step
     loads = next(iter(omoe["routing_by_task"].values()))
     assert set(loads) == {"boolq", "piqa"} and all(sum(v) == pytest.approx(1.0) for v in loads.values())
+    assert omoe["routing_by_task"] == omoe["routing_by_task_per_seed"][0] and len(omoe["routing_by_task_per_seed"]) == 2
     assert omoe["vs_best_baseline"]["combined"]["seeds"] == 2 and len(omoe["vs_best_baseline"]["per_seed"]) == 2
+    # the results-file contract: answers per seed aligned with meta.questions, the question-level test, Holm
+    assert len(meta["questions"]) == meta["n"] and len(saved["baselines"]["best_per_task_correct"]) == meta["n"]
+    assert saved["baselines"]["chosen_on"] == "dev"
+    assert [len(c) for c in omoe["correct"]] == [meta["n"]] * 2
+    assert omoe["accuracy"]["all"]["values"] == pytest.approx([sum(c) / meta["n"] for c in omoe["correct"]])
+    questions = omoe["vs_best_baseline"]["questions"]
+    assert questions["questions"] == meta["n"] and questions["holm_p"] >= questions["p"]
+    assert meta["holm_family"] == ["moe4 vs best baseline", "omoe4 vs best baseline", "omoe4 vs moe4"]
 
     (comparison,) = saved["comparisons"]
     assert (comparison["a"], comparison["b"]) == ("moe4", "omoe4")
@@ -109,3 +118,31 @@ def test_seed_major_runs_whole_seeds_first_and_summarizes_in_the_usual_order(mon
     sweep_module.sweep("builtin", [0, 1], arms=["lora", "omoe4"], model="tiny", seed_major=True, progress=False)
     assert [(c.method, c.seed) for c in ran[2:]] == [("lora", 0), ("omoe", 0), ("lora", 1), ("omoe", 1)]
     assert summarized[2:] == ["lora/0", "lora/1", "omoe/0", "omoe/1"]  # the order sweep_configs made
+
+
+def test_routing_by_task_is_never_averaged_over_seeds():
+    from omoe_lab.experiments import RunResult
+    from omoe_lab.sweep import _routing_by_task
+
+    def run(boolq):  # two seeds whose experts swapped roles: expert 0 of seed 0 is expert 1 of seed 1
+        return RunResult(config={}, key="k", label="x", metrics={}, experts=[{"layer": "L", "load_by_task": {"boolq": boolq}}])
+
+    first, per_seed = _routing_by_task([run([0.8, 0.2]), run([0.2, 0.8])])
+    assert first == {"L": {"boolq": [0.8, 0.2]}}  # an average would say [0.5, 0.5]: no specialization
+    assert per_seed == [{"L": {"boolq": [0.8, 0.2]}}, {"L": {"boolq": [0.2, 0.8]}}]
+
+
+def test_what_merging_costs_is_summarized_over_seeds_against_the_full_mixture():
+    from omoe_lab.experiments import RunResult
+    from omoe_lab.sweep import _collapse_summary
+
+    def run(correct, merged):
+        accuracy, merged_accuracy = sum(correct) / 4, sum(merged) / 4
+        return RunResult(config={}, key="k", label="x", metrics={"correct": correct, "accuracy": accuracy}, collapse={
+            "accuracy": accuracy, "variants": [{"variant": "merged", "accuracy": merged_accuracy, "correct": merged,
+                                                "accuracy_lost": accuracy - merged_accuracy, "output_change": 0.1}]})
+
+    (merged,) = _collapse_summary([run([1, 1, 0, 1], [1, 0, 0, 1]), run([1, 1, 1, 1], [0, 0, 1, 1])])
+    assert merged["variant"] == "merged" and merged["accuracy_lost"]["values"] == [0.25, 0.5]
+    assert merged["output_change"]["mean"] == pytest.approx(0.1)
+    assert merged["vs_full"]["difference"] == pytest.approx(-0.375) and merged["vs_full"]["seeds"] == [2, 2]

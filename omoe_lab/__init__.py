@@ -4,7 +4,7 @@
 """
 __version__ = "0.1.0"
 
-from .adapters import AdapterConfig, LoRALinear, MixLoRAFFN, MoELoRALinear, OMoELinear  # noqa: E402
+from .adapters import AdapterConfig, LoRALinear, MixLoRAFFN, MoELoRALinear, OMoELinear, SMoRALinear  # noqa: E402
 from .inject import (  # noqa: E402
     adapter_layers,
     attach_adapters,
@@ -17,7 +17,7 @@ from .inject import (  # noqa: E402
 from .export import export_peft, load_peft_lora  # noqa: E402
 
 __all__ = [
-    "AdapterConfig", "LoRALinear", "MixLoRAFFN", "MoELoRALinear", "OMoELinear", "adapter_layers", "attach_adapters",
+    "AdapterConfig", "LoRALinear", "MixLoRAFFN", "MoELoRALinear", "OMoELinear", "SMoRALinear", "adapter_layers", "attach_adapters",
     "detach_adapters", "export_peft", "load_adapters", "load_peft_lora", "router_aux_loss", "save_adapters",
     "trainable_parameters",
 ]

@@ -9,11 +9,12 @@ from pathlib import Path
 
 from .data.tasks import TASK_NAMES
 from .experiments import PROFILES
-from .adapters.config import ORTHOGONAL_METHODS
+from .adapters.config import METHODS, ORTHOGONAL_METHODS
 from .io import writable_folder
 
 METHOD_HELP = "lora (one LoRA of rank E·r), moe (vanilla MoE-LoRA), omoe (orthogonal experts)"
-VARIANT_HELP = METHOD_HELP + ", mixlora (MixLoRA: experts over whole FFN blocks), omoe_mixlora (MixLoRA with OMoE's orthogonalization)"
+VARIANT_HELP = METHOD_HELP + (", mixlora (MixLoRA: experts over whole FFN blocks), omoe_mixlora (MixLoRA with OMoE's orthogonalization), "
+                              "smora (SMoRA: each rank of one LoRA is an expert; --num-experts is its total rank)")
 PROTOCOL_HELP = (
     "loglik: the option with the highest per-token log-likelihood (default); label: the answer label (A/B/true) "
     "with the highest logit; generate: parse greedy output. Training teaches what the protocol scores."
@@ -115,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train and evaluate one configuration; saves its adapters",
                            description="Train one method, evaluate it and save adapters + result.json under --out.")
     _add_run_options(train)
-    train.add_argument("--method", default="omoe", choices=["lora", "moe", "omoe", "mixlora", "omoe_mixlora"], help=VARIANT_HELP)
+    train.add_argument("--method", default="omoe", choices=list(METHODS), help=VARIANT_HELP)
     train.add_argument("--shared-expert", action="store_true", help="moe/omoe: an always-active expert beside the routed ones (DeepSeekMoE)")
     train.add_argument("--null-experts", type=int, default=0, help="top-k over E real + N null experts that output zero (AdaMoE)")
     train.add_argument("--orthogonality-penalty", type=float, default=0.0,
@@ -221,7 +222,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", nargs="+", default=list(TASK_NAMES), help="task names (default: all eight built-in tasks)")
     parser.add_argument("--data-dir", default=None,
                         help="folder in LLM-Adapters layout (e.g. ../shared/data/commonsense), 'hub', or empty for the built-in suite")
-    parser.add_argument("--num-experts", type=int, default=4, help="experts per adapted layer (LoRA gets rank × this)")
+    parser.add_argument("--num-experts", type=int, default=4,
+                        help="experts per adapted layer (LoRA gets rank × this; smora's experts have rank 1, so this is its total rank)")
     parser.add_argument("--protocol", default="loglik", choices=["loglik", "label"], help=PROTOCOL_HELP)
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the profile's)")
     parser.add_argument("--objective", default=None, choices=["lm", "rank"],

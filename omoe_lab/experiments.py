@@ -30,7 +30,7 @@ import pandas as pd
 
 from . import __version__, provenance
 from .adapters import AdapterConfig
-from .adapters.config import DEFAULT_B_INIT_STD, METHODS, ORTHOGONAL_METHODS
+from .adapters.config import DEFAULT_B_INIT_STD, METHODS, ORTHOGONAL_METHODS, RANK_ONE_METHODS
 from .analysis.diversity import layer_diversity
 from .analysis.merging import collapse_cost
 from .analysis.stats import paired_test, t_interval, wilson_interval  # noqa: F401 (paired_test: public here too)
@@ -121,7 +121,9 @@ class RunConfig:
     and the protocol a 135M model does best with), the label word under ``label``.
 
     For ``method="lora"`` the rank is ``num_experts × rank`` so that LoRA has the same A/B
-    parameter budget as the mixtures it is compared with.
+    parameter budget as the mixtures it is compared with. For ``method="smora"`` every expert has
+    rank 1 (the profile's rank does not apply), so ``num_experts`` is the LoRA's total rank: 16
+    rank-1 experts have the A/B budget of LoRA r = 16 and of 4 experts of rank 4.
     """
 
     method: str = "omoe"
@@ -176,6 +178,9 @@ class RunConfig:
             raise ValueError(f"no tasks given; known tasks: {', '.join(TASK_NAMES)}")
         if self.prompt_style == "cloze" and self.protocol != "loglik":
             raise ValueError(f"the cloze prompt does not show the options, so protocol {self.protocol!r} cannot name them: use loglik")
+        if self.method in RANK_ONE_METHODS and self.rank not in (None, 1):
+            raise ValueError(f"method={self.method!r} has rank-1 experts, got rank={self.rank}: leave rank out and set "
+                             "num_experts to the total rank (e.g. num_experts=16, top_k=4)")
         if self.method != "none" and self.num_experts < 1:
             raise ValueError(f"num_experts must be >= 1, got {self.num_experts}")
         if self.method not in ("none", "lora") and self.top_k is not None and not 1 <= self.top_k <= self.num_experts + self.null_experts:
@@ -192,6 +197,8 @@ class RunConfig:
             if values[name] is None:
                 values[name] = getattr(profile, name)
         values["profile"] = profile.name
+        if self.method in RANK_ONE_METHODS:
+            values["rank"] = 1  # the profile's rank is per expert, and these experts have rank 1
         values["prompt_style"] = self.prompt_style or DEFAULT_PROMPT_STYLE[self.protocol]
         values["tasks"] = tuple(values["tasks"])
         values["target_modules"] = tuple(values["target_modules"])
@@ -254,7 +261,7 @@ class RunConfig:
             return f"LoRA r={c.rank * c.num_experts}{start}"
         routing = f"top-{c.top_k}" if c.top_k else "soft"
         name = {"moe": "MoE-LoRA", "omoe": f"OMoE ({c.orthogonalize})", "mixlora": "MixLoRA",
-                "omoe_mixlora": f"MixLoRA + OMoE ({c.orthogonalize})"}[c.method]
+                "omoe_mixlora": f"MixLoRA + OMoE ({c.orthogonalize})", "smora": "SMoRA (rank-1 experts)"}[c.method]
         extras = "".join([", shared expert" if c.shared_expert else "", f", +{c.null_experts} null" if c.null_experts else "",
                           f", orthogonality penalty {c.orthogonality_penalty:g}" if c.orthogonality_penalty else ""])
         return f"{name} E={c.num_experts} {routing}{extras}{start}"
@@ -479,7 +486,14 @@ def analyse_experts(captured, config: RunConfig) -> tuple[list[dict], list[dict]
         outputs = layer.expert_outputs
         row = {"layer": name, "block": layer.layer_index, "method": layer.method, "experts": layer.num_experts, "tokens": len(outputs)}
         if layer.num_experts > 1:
-            row.update(layer_diversity(outputs))
+            silent = (outputs.abs().amax(dim=(0, 2)) == 0).nonzero().flatten().tolist()
+            if silent:
+                # an expert that no token selected in training still has its B = 0 start: its outputs have no
+                # direction and no variance, so cosine and CKA are undefined (measure_diversity skips such layers
+                # too). Likeliest with many small experts under top-k in a short run (SMoRA, 16 ranks, top-4)
+                row["zero_experts"] = silent
+            else:
+                row.update(layer_diversity(outputs))
             row["routing_entropy"] = routing_entropy(layer.gates, normalized=True)
             row["load"] = expert_load(layer.gates).tolist()
             row["load_by_task"] = {task: loads for (lname, task), loads in load_by_task.items() if lname == name}

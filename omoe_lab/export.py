@@ -12,7 +12,7 @@ scaling ``alpha / rank``), so the conversion is ``lora_A[0]``, ``lora_B[0]`` and
 GPT-2's ``Conv1D`` stores ``W0`` transposed; PEFT's forward on it is the same ``B A x`` and only its
 merge needs ``fan_in_fan_out = True``, which the exported config sets for such layers.
 
-MoE-LoRA and OMoE have no peer format: see ``NO_PEER_FORMAT``. Neither function imports ``peft``.
+MoE-LoRA, OMoE and SMoRA have no peer format: see ``NO_PEER_FORMAT``. Neither function imports ``peft``.
 """
 from __future__ import annotations
 
@@ -46,6 +46,11 @@ NO_PEER_FORMAT = {
         "OMoE (method='omoe') has no peer format in PEFT, so export_peft cannot write it: its router weights the experts "
         "per token and Gram–Schmidt then orthogonalizes the experts' outputs per token, so the update depends on each "
         "input in a non-linear way; it can neither be merged into W0 nor written as one LoRA B A"
+    ),
+    "smora": (
+        "SMoRA (method='smora') has no peer format in PEFT, so export_peft cannot write it: its router picks and weights "
+        "the rank-1 components of its LoRA per token, so the update B diag(g(x)) A x uses a different diagonal g(x) for "
+        "each token; it can neither be merged into W0 nor written as one LoRA B A"
     ),
 }
 # any other routed method (e.g. MixLoRA's experts over whole MLP blocks): the same reason in general terms

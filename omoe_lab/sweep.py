@@ -65,6 +65,10 @@ ARMS = {
     "mixlora8top2": Arm("MixLoRA E=8 top-2 (FFN experts)", {"method": "mixlora", "num_experts": 8, "top_k": 2}),
     "moe4penalty": Arm("MoE-LoRA E=4 soft + orthogonality penalty 0.1", {"method": "moe", "num_experts": 4, "orthogonality_penalty": 0.1}),
     "moe4shared": Arm("MoE-LoRA E=4 soft + shared expert", {"method": "moe", "num_experts": 4, "shared_expert": True}),
+    # rank-wise experts (SMoRA): 16 rank-1 experts are one LoRA of rank 16, the A/B budget of "lora", "moe4" and
+    # "omoe4" (E·r = 16), so the arm changes only how finely that budget is routed; top-4 activates 4 ranks per
+    # token, the rank of one E=4 expert. The router (16 rows per linear, moe4's has 4) is the only extra cost.
+    "smora16top4": Arm("SMoRA E=16 top-4 (rank-1 experts)", {"method": "smora", "num_experts": 16, "top_k": 4}),
 }
 CORE_ARMS = ("lora", "moe2", "moe4", "moe8", "moe8top2", "omoe2", "omoe4", "omoe8top2", "control4")
 VARIANT_ARMS = ("mixlora8top2", "moe4penalty", "moe4shared")
@@ -73,6 +77,7 @@ COMPARISONS = (
     ("moe8", "omoe2"), ("moe8", "omoe4"), ("moe8top2", "omoe2"), ("moe8top2", "omoe4"), ("moe8top2", "omoe8top2"),
     ("moe4", "omoe4"), ("control4", "omoe4"), ("moe4", "control4"), ("moe2", "omoe2"), ("lora", "omoe4"), ("lora", "moe4"),
     ("mixlora8top2", "omoe4"), ("moe4penalty", "omoe4"), ("moe4", "moe4penalty"), ("moe4", "moe4shared"),
+    ("moe4", "smora16top4"), ("lora", "smora16top4"), ("smora16top4", "omoe4"),
 )
 
 

@@ -145,7 +145,7 @@ ROWS = [
         lambda _: omoe_layer()(torch.randn(2, 63)), ValueError, r"last dimension.*64"),
     Row("adapter layer: integer token ids instead of hidden states",
         lambda _: omoe_layer()(torch.ones(2, 64, dtype=torch.long)), TypeError, r"floating.*hidden states"),
-    Row("unknown method", lambda _: AdapterConfig(method="lora2"), ValueError, r"unknown method 'lora2': choose one of \['lora', 'moe', 'omoe'\]"),
+    Row("unknown method", lambda _: AdapterConfig(method="lora2"), ValueError, r"unknown method 'lora2': choose one of \['lora', 'moe', 'omoe', 'smora'\]"),
     Row("unknown OMoE orthogonalization mode", lambda _: AdapterConfig(orthogonalize="qr"), ValueError,
         r"unknown orthogonalize mode 'qr'.*choose one of"),
     Row("num_experts = 0", lambda _: AdapterConfig(num_experts=0), ValueError, r"num_experts must be >= 1, got \[0\]"),

@@ -1,14 +1,20 @@
-"""The frozen-prefix cache replays exactly what the frozen blocks compute, for scoring too."""
+"""The frozen-prefix cache replays exactly what the frozen blocks compute, for scoring too; its
+float16 states move a trained adapter's log-likelihoods by less than a stated bound."""
 from __future__ import annotations
+
+import contextlib
 
 import pytest
 import torch
 
 from omoe_lab import AdapterConfig, attach_adapters
-from omoe_lab.evaluate import evaluate
+from omoe_lab.data.collate import encode_prompt, option_token_ids
+from omoe_lab.evaluate import evaluate, hidden_states, logits_at
 from omoe_lab.inject import adapter_layers
 from omoe_lab.models import byte_tokenizer
 from omoe_lab.prefix import SUPPORTED_MODEL_TYPES, FrozenPrefix
+from omoe_lab.train import TrainConfig, train
+from tests.conftest import make_tiny_llama
 from tests.test_train import VOCAB, fresh_model, toy_examples
 
 
@@ -119,3 +125,80 @@ def test_nested_activation_installs_its_hooks_once():
         ids = torch.randint(3, VOCAB, (1, 5))
         model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
     assert prefix.replayed_batches == 1 and not model.model._forward_pre_hooks
+
+
+# --- what float16 states cost a trained adapter ------------------------------------------------
+# float16 keeps 11 significant bits: a stored value h becomes h·(1 + δ) with |δ| ≤ u = 2⁻¹¹ = 4.9e-4
+# (round to nearest; values below 6.1e-5 are subnormal and rounded to ±3e-8 absolute instead).
+FLOAT16_UNIT_ROUNDOFF = 2.0**-11
+# To first order, the log-probability of option token t changes by Δ_t = Σ_i g_i h_i δ_i (g = ∂log p_t/∂h
+# over every state entering the first adapted block, at every earlier position), so
+#     |Δ_t| ≤ u · S_t,   S_t = Σ_i |h_i g_i|    (the worst case: every rounding pushes the same way).
+# Measured on this test's model (seeds 0–2): u·S_t ≤ 1.8e-2; the first-order Σ g_i (fp16(h_i) − h_i)
+# predicts the measured Δ_t to 2e-6 (so the replay adds no error of its own); the roundings have
+# both signs and cancel, so |Δ_t| ≤ 0.14·u·S_t, and max_t |Δ_t| = 1.0–1.4e-3 nats over 96 option
+# tokens. The stated bound is ~10·u, a margin of 3.5× on the largest of them (SmolLM2-135M with a
+# strong random OMoE in its top 4 blocks: 2.7e-3, docs/decisions.md); bfloat16 states (u = 2⁻⁸)
+# give 4.4e-3–1.1e-2 on the same tokens (7.8e-3 at seed 0, which fails it) and float32 states give 0.
+FLOAT16_LOGPROB_BOUND = 5e-3  # nats per option token
+
+
+def option_token_logprobs(model, tokenizer, examples, start_block: int, sensitivity: bool = False):
+    """log p of every option token after its cloze prompt, one whole sequence at a time (what the
+    cache replays) → [tokens]; with ``sensitivity`` also ``S_t = Σ_i |h_i ∂log p_t/∂h_i|`` [tokens]
+    over the hidden states h entering ``start_block`` at every position."""
+    logprobs, sensitivities = [], []
+    for example in examples:
+        prompt = encode_prompt(tokenizer, example, "cloze")
+        for option in option_token_ids(tokenizer, example, "cloze"):
+            states = {}
+
+            def states_as_leaf(module, args, kwargs):
+                hidden = (args[0] if args else kwargs["hidden_states"]).detach().requires_grad_()
+                states["h"] = hidden
+                return ((hidden, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
+
+            hook = model.model.layers[start_block].register_forward_pre_hook(states_as_leaf, with_kwargs=True) if sensitivity else None
+            ids = torch.tensor([prompt + option])
+            with torch.set_grad_enabled(sensitivity):
+                # position j predicts token j + 1: the option's tokens are predicted from len(prompt) − 1 on
+                hidden = hidden_states(model, ids, torch.ones_like(ids))[0, len(prompt) - 1 : -1]
+                token_logprobs = torch.log_softmax(logits_at(model, hidden), dim=-1).gather(-1, torch.tensor(option)[:, None])[:, 0]
+            if hook is not None:
+                hook.remove()
+                for t in range(len(option)):
+                    (gradient,) = torch.autograd.grad(token_logprobs[t], states["h"], retain_graph=True)
+                    sensitivities.append((gradient * states["h"]).abs().sum())
+            logprobs.append(token_logprobs.detach())
+    return (torch.cat(logprobs), torch.stack(sensitivities)) if sensitivity else torch.cat(logprobs)
+
+
+def test_float16_states_move_a_trained_adapters_log_likelihoods_less_than_the_stated_bound():
+    tokenizer = byte_tokenizer()
+    model = make_tiny_llama(seed=0, vocab=VOCAB, layers=4, init_range=0.2)
+    attach_adapters(model, AdapterConfig(method="omoe", num_experts=2, rank=4, target_modules="all-linear", layers=[2, 3]))
+    # trained without the cache, so the weights are the same whichever states are replayed afterwards
+    config = TrainConfig(steps=10, batch_size=8, lr=2e-2, magnitude_lr=5e-2, warmup_steps=1, prefix_cache=False,
+                         prompt_style="cloze", target="option")
+    train(model, tokenizer, toy_examples(24), config, progress=False)
+    model.eval()
+    questions = toy_examples(12)
+
+    exact, sensitivity = option_token_logprobs(model, tokenizer, questions, start_block=2, sensitivity=True)
+    prefix = FrozenPrefix(model, start_block=2)  # the default dtype
+    with prefix.active():
+        cached = option_token_logprobs(model, tokenizer, questions, start_block=2)
+    assert prefix.states and all(state.dtype == torch.float16 for state in prefix.states.values())
+    error = (cached - exact).abs()
+    assert error.max() <= FLOAT16_LOGPROB_BOUND, error.max()
+    # the worst case of float16 rounding, token by token (plus float32 round-off in the top blocks)
+    assert (error <= FLOAT16_UNIT_ROUNDOFF * sensitivity + 1e-5).all()
+
+    # and no answer changes: the loglik scorer, batched and padded, with and without the cache
+    answers = {}
+    for name, cache in (("exact", None), ("float16", FrozenPrefix(model, start_block=2))):
+        with cache.active() if cache else contextlib.nullcontext():
+            scored = evaluate(model, tokenizer, questions, protocol="loglik", batch_size=4, progress=False,
+                              prompt_style="cloze", full_sequences=True)
+        answers[name] = [p.prediction for p in scored.predictions]
+    assert len(answers["exact"]) == 12 and answers["float16"] == answers["exact"]

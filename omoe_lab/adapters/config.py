@@ -1,5 +1,6 @@
-"""One configuration for every adapter method: LoRA, vanilla MoE-LoRA, OMoE, and the variants
-(MixLoRA's FFN experts, a shared expert, null experts, an orthogonality penalty)."""
+"""One configuration for every adapter method: LoRA, vanilla MoE-LoRA, OMoE, rank-wise experts
+(SMoRA), and the variants (MixLoRA's FFN experts, a shared expert, null experts, an orthogonality
+penalty)."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,7 +8,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-METHODS = ("lora", "moe", "omoe", "mixlora", "omoe_mixlora")
+METHODS = ("lora", "moe", "omoe", "mixlora", "omoe_mixlora", "smora")
 ORTHOGONALIZE_MODES = ("stiefel", "orthogonal", "norm_preserving")
 # methods whose experts sit on whole gated MLP blocks (adapters/ffn.py), not on single linears
 FFN_METHODS = ("mixlora", "omoe_mixlora")
@@ -15,11 +16,14 @@ FFN_METHODS = ("mixlora", "omoe_mixlora")
 ORTHOGONAL_METHODS = ("omoe", "omoe_mixlora")
 # B = 0 makes LoRA, MoE-LoRA and MixLoRA start as the base model; the orthogonalizing methods need
 # directions and start at zero through their magnitude instead (OMOE_SPEC §4)
-DEFAULT_B_INIT_STD = {"lora": 0.0, "moe": 0.0, "omoe": 0.02, "mixlora": 0.0, "omoe_mixlora": 0.02}
+DEFAULT_B_INIT_STD = {"lora": 0.0, "moe": 0.0, "omoe": 0.02, "mixlora": 0.0, "omoe_mixlora": 0.02, "smora": 0.0}
+# methods whose every expert is one rank-1 component of a single LoRA (SMoRA, adapters/smora.py)
+RANK_ONE_METHODS = ("smora",)
 # where the adapters go when target_modules is not given
 DEFAULT_TARGETS = {
     "lora": ["q_proj", "v_proj"], "moe": ["q_proj", "v_proj"], "omoe": ["q_proj", "v_proj"],
     "mixlora": ["gate_proj", "up_proj", "down_proj"], "omoe_mixlora": ["gate_proj", "up_proj", "down_proj"],
+    "smora": ["q_proj", "v_proj"],
 }
 # the variant options: left out of to_dict() at these defaults, so configs (and the run fingerprints
 # hashed from them) of runs made before the variants existed stay what they were
@@ -34,13 +38,16 @@ class AdapterConfig:
                     (Gram–Schmidt over the active experts' outputs, OMOE_SPEC §2–3), ``"mixlora"``
                     (MixLoRA: one router per gated MLP block, expert i = the frozen FFN with its own
                     LoRA on gate/up/down, adapters/ffn.py) or ``"omoe_mixlora"`` (MixLoRA whose
-                    selected experts' *changes* of the FFN output are orthogonalized).
+                    selected experts' *changes* of the FFN output are orthogonalized) or ``"smora"``
+                    (SMoRA: every rank-1 component of one LoRA is an expert, routed per token,
+                    adapters/smora.py; needs ``rank=1``, and ``num_experts`` is the LoRA's total rank).
     num_experts:    experts per adapted linear, or per MLP block for the FFN methods (ignored for
                     ``lora``, which has exactly one); a shared expert and null experts come on top.
     experts_pattern: optional expert counts per group of adapted blocks, low to high, e.g.
                     ``[2, 4, 6, 8]`` splits the adapted blocks into four equal groups (MoLA style);
                     a list as long as the number of adapted blocks gives one count per block.
-    rank, alpha:    every expert is a rank-``rank`` LoRA with scaling ``alpha / rank``.
+    rank, alpha:    every expert is a rank-``rank`` LoRA with scaling ``alpha / rank`` (``smora``: rank 1,
+                    so the scaling is ``alpha``).
     target_modules: exact module names or name suffixes (a list), one regex (a string, full match),
                     or ``"all-linear"`` (every linear except the output head). ``None``: the
                     method's default, ``["q_proj", "v_proj"]``, or for the FFN methods
@@ -126,6 +133,12 @@ class AdapterConfig:
                 f"unknown orthogonalize mode {self.orthogonalize!r} for method={self.method!r}: choose one of "
                 f"{list(ORTHOGONALIZE_MODES)} (no orthogonalization is method={vanilla!r})"
             )
+        if self.method in RANK_ONE_METHODS and self.rank != 1:
+            raise ValueError(
+                f"method={self.method!r} makes every rank-1 component of one LoRA an expert, so its experts have rank 1; "
+                f"got rank={self.rank}. Pass rank=1 and num_experts = the LoRA's total rank (e.g. num_experts=16, "
+                "rank=1, top_k=4); the scaling is then alpha / 1. Routed experts of rank > 1 are method='moe'"
+            )
         counts = self.experts_pattern or [self.num_experts]
         if any(int(n) < 1 for n in counts):
             raise ValueError(f"num_experts must be >= 1, got {counts}")
@@ -185,6 +198,10 @@ class AdapterConfig:
             why = {
                 "lora": "a single LoRA has one expert and no pairs of experts to decorrelate",
                 "omoe": "OMoE's mixed outputs are orthogonal by construction (the spec's point: no regularizer)",
+                # e_i = a_i(x) b_i: cos(e_i, e_j) = ±cos(b_i, b_j) for every token, so the per-token
+                # penalty would only be a fixed penalty on the angles between B's columns
+                "smora": "a rank-1 expert's output a_i(x)·b_i always points along B's column b_i, so cos²(e_i, e_j) = "
+                         "cos²(b_i, b_j) is the same for every token: a weight penalty on B, not a per-token one",
             }.get(self.method, "the FFN experts' changes do not live in rank space")
             raise ValueError(f"orthogonality_penalty is for method='moe' (vanilla MoE-LoRA plus the penalty); "
                              f"method={self.method!r}: {why}")

@@ -21,6 +21,8 @@ env: $(BIN)/omoe-lab
 demo: env
 	$(BIN)/omoe-lab demo $(if $(OUT),--out $(OUT))
 
+# the notebook tests run every exercise solved (OMOE_LAB_SOLUTIONS=1, set by tests/notebook_support.py);
+# tests/test_exercises.py checks the checkers and runs each exercise cell both unsolved and solved
 test: env
 	$(BIN)/python -m pytest -q --durations=25
 

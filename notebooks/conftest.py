@@ -2,8 +2,9 @@
 
 Lax mode executes every cell top to bottom and fails on an error; stored outputs are not compared
 (the notebooks are committed without outputs, and plots, timings and tqdm bars would never match
-anyway). The kernel inherits this process's environment, so the defaults set here reach the
-notebooks' own ``omoe_lab.experiments.profile_from_env()`` calls.
+anyway; an exercise cell prints "not yet solved" or "✓" depending on the switch below). The kernel
+inherits this process's environment, so the defaults set here reach the notebooks' own
+``omoe_lab.experiments.profile_from_env()`` calls and their exercises' ``@exercise``.
 
 ``tests/test_notebooks.py`` runs the same command in a subprocess as part of ``make test``.
 """
@@ -19,6 +20,9 @@ HERE = Path(__file__).resolve().parent
 
 # The smallest profile unless the caller chose one: a notebook test must fit the CI budget.
 os.environ.setdefault("OMOE_LAB_PROFILE", "ci")
+# Exercises solved unless the caller chose otherwise: @exercise swaps the reference solution in for
+# each stub (OMOE_LAB_SOLUTIONS=0 runs them as a learner first sees them: "not yet solved" lines).
+os.environ.setdefault("OMOE_LAB_SOLUTIONS", "1")
 
 
 def needs_default_model(notebook: Path) -> bool:

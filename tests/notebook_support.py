@@ -22,8 +22,11 @@ def shared_runs(tmp_path_factory) -> Path:
 
 
 def notebook_environment(runs: Path) -> dict[str, str]:
-    """The environment of a notebook under test: the ``ci`` profile, the shared run cache, and the
-    committed sweep summary (a developer's ``OMOE_LAB_SWEEP`` would point the notebooks elsewhere)."""
-    env = {**os.environ, "OMOE_LAB_PROFILE": "ci", "OMOE_LAB_RUNS": str(runs)}
+    """The environment of a notebook under test: the ``ci`` profile, the shared run cache, the
+    committed sweep summary (a developer's ``OMOE_LAB_SWEEP`` would point the notebooks elsewhere),
+    and every exercise solved (``OMOE_LAB_SOLUTIONS=1``: ``@exercise`` swaps in the reference
+    solutions, so the cells after an exercise run on a passing function; ``tests/test_exercises.py``
+    runs the stubs unsolved)."""
+    env = {**os.environ, "OMOE_LAB_PROFILE": "ci", "OMOE_LAB_RUNS": str(runs), "OMOE_LAB_SOLUTIONS": "1"}
     env.pop("OMOE_LAB_SWEEP", None)
     return env

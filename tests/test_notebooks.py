@@ -1,7 +1,8 @@
 """Every notebook runs top to bottom under the ``ci`` profile (nbval, lax mode: errors fail).
 
 Each notebook runs in a subprocess ``pytest --nbval-lax notebooks/<name>.ipynb`` (configured by
-``notebooks/conftest.py``) with ``OMOE_LAB_PROFILE=ci`` and a temporary ``OMOE_LAB_RUNS``, fresh for
+``notebooks/conftest.py``) with ``OMOE_LAB_PROFILE=ci``, every exercise solved (``OMOE_LAB_SOLUTIONS=1``:
+the stubs run as the reference solutions) and a temporary ``OMOE_LAB_RUNS``, fresh for
 the test session and shared by its notebooks and the browser test (``tests/notebook_support.py``):
 nothing is replayed from a developer's cache, so ``01_collapse`` and ``04_finetune_real`` really
 train their runs (minutes on 2 CPU cores), but a run two notebooks need trains once. A notebook that

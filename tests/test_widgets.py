@@ -577,7 +577,7 @@ def test_reference_from_a_path_relative_to_the_repository(tmp_path, monkeypatch)
     explorer = explorer_with(FakeRuns(), reference=str(path))
     assert explorer.reference == sweep_summary() and str(path) in explorer.reference_note.value
     # a notebook runs in notebooks/: "results/..." is found from the repository root as well
-    monkeypatch.setattr(widgets, "repository_root", lambda: tmp_path)
+    monkeypatch.setattr(widgets.reference, "repository_root", lambda: tmp_path)  # where load_reference looks it up
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "sweep-real-quick.json").write_text(json.dumps(sweep_summary()))
     monkeypatch.chdir(tmp_path / "results")
@@ -667,7 +667,7 @@ def test_layer_explorer_shows_the_captured_similarity_and_routing(tokenizer, mon
         captures.append(kwargs["layers"])
         return real_capture(*args, **kwargs)
 
-    monkeypatch.setattr(widgets, "capture_experts", counting_capture)
+    monkeypatch.setattr(widgets.layer_explorer, "capture_experts", counting_capture)  # where LayerExplorer looks it up
     explorer = widgets.LayerExplorer(model, tokenizer, EXAMPLES, max_tokens=64)
     top = "model.layers.1.self_attn.v_proj"
     assert explorer.layer.value == top and len(explorer.layer.options) == 4

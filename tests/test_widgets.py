@@ -447,8 +447,8 @@ def test_replaying_a_cached_configuration_says_so_and_rings_it():
 
 
 def title_of(figure) -> str:
-    """A figure's title and subtitle, as one line."""
-    return f"{figure.layout.title.text} · {figure.layout.title.subtitle.text or ''}"
+    """A figure's title and subtitle, as one line (viz.fit_layout wraps them to the figure's width)."""
+    return f"{figure.layout.title.text} · {figure.layout.title.subtitle.text or ''}".replace("<br>", " ")
 
 
 def test_cka_and_tsne_titles_say_which_layer_and_why():
@@ -533,7 +533,9 @@ def test_reference_sweep_is_drawn_from_the_start_with_its_t_intervals():
     assert list(moe.error_y.array) == pytest.approx([5.0, 5.0]) and list(moe.error_y.arrayminus) == pytest.approx([5.0, 5.0])
     assert moe.line.dash == "dash" and moe.line.color == viz.METHOD_COLORS["moe"]
     assert traces["sweep · OMoE soft"].line.color == viz.METHOD_COLORS["omoe"]
-    assert traces["sweep · MoE-LoRA top-2"].line.color not in viz.METHOD_COLORS.values()
+    # top-2 is MoE-LoRA too: its hue, told apart by a dash-dot line; the control has its own hue
+    assert traces["sweep · MoE-LoRA top-2"].line.color == viz.METHOD_COLORS["moe"] and traces["sweep · MoE-LoRA top-2"].line.dash == "dashdot"
+    assert traces["sweep · MoE-LoRA soft, B ~ N(0, 0.02²) (control)"].line.color == viz.FAMILY_COLORS["control"]
     lora = traces["sweep · LoRA r=16 (E·r budget)"]
     assert list(lora.y) == pytest.approx([43.0, 43.0]) and lora.x[0] < 2 and lora.x[1] > 8  # across every E
     assert list(traces["sweep · zero-shot (cloze/mean)"].y) == pytest.approx([40.0, 40.0])
@@ -731,12 +733,12 @@ def test_layer_explorer_captures_the_scored_prompts_as_the_runs_do(tokenizer):
 def test_layer_explorer_says_which_model_it_shows(tokenizer):
     explorer = widgets.LayerExplorer(tiny_model("omoe"), tokenizer, EXAMPLES[:2], max_tokens=32)
     assert "OMoE (stiefel) E=3 soft" in explorer.heading.value
-    assert "OMoE (stiefel) E=3 soft" in explorer.cka_figure.layout.title.text
-    assert "OMoE (stiefel) E=3 soft" in explorer.routing_figure.layout.title.text
+    assert "OMoE (stiefel) E=3 soft" in title_of(explorer.cka_figure)
+    assert "OMoE (stiefel) E=3 soft" in title_of(explorer.routing_figure)
     moe = widgets.LayerExplorer(tiny_model("moe", top_k=2), tokenizer, EXAMPLES[:2], max_tokens=32)
     assert "MoE-LoRA E=3 top-2" in moe.heading.value
     named = widgets.LayerExplorer(tiny_model("omoe"), tokenizer, EXAMPLES[:2], max_tokens=32, label="my run")
-    assert "my run" in named.heading.value and "my run" in named.cka_figure.layout.title.text
+    assert "my run" in named.heading.value and "my run" in title_of(named.cka_figure)
 
 
 @pytest.mark.parametrize("mode", ["orthogonal", "norm_preserving"])

@@ -30,10 +30,11 @@ from .expert_count import (
     series_name,
 )
 from .geometry import (
-    GEOMETRY_START, ORDERS, GramSchmidtGeometry, gram_schmidt_figure, order_label, relative_residuals, spherical_vector,
+    GEOMETRY_EYE, GEOMETRY_START, ORDERS, GramSchmidtGeometry, gram_schmidt_figure, order_label, relative_residuals,
+    spherical_vector,
 )
 from .layer_explorer import LayerExplorer, adapter_label
-from .live_figure import LiveFigure, placeholder, redraw, stale_layout_paths, with_subtitle
+from .live_figure import PANEL_WIDTH, LiveFigure, placeholder, redraw, side_by_side, stale_layout_paths, with_subtitle
 from .readouts import LABEL_STYLE, error_text, layer_metrics_html
 from .reference import (
     OWN_GROUP, REFERENCE_GROUP, REFERENCE_PREFIX, load_reference, reference_caption, reference_frame, reference_series_name,
@@ -41,10 +42,10 @@ from .reference import (
 )
 
 __all__ = [
-    "CONTROLLED_FIELDS", "GEOMETRY_START", "LABEL_STYLE", "LATEST_RUN", "METHOD_CHOICES", "ORDERS", "OWN_GROUP",
-    "REFERENCE_GROUP", "REFERENCE_PREFIX", "ROUTING_CHOICES", "ExpertCountExplorer", "GramSchmidtGeometry", "LayerExplorer",
+    "CONTROLLED_FIELDS", "GEOMETRY_EYE", "GEOMETRY_START", "LABEL_STYLE", "LATEST_RUN", "METHOD_CHOICES", "ORDERS", "OWN_GROUP",
+    "PANEL_WIDTH", "REFERENCE_GROUP", "REFERENCE_PREFIX", "ROUTING_CHOICES", "ExpertCountExplorer", "GramSchmidtGeometry", "LayerExplorer",
     "LiveFigure", "accuracy_frame", "adapter_label", "error_text", "gram_schmidt_figure", "layer_metrics_html",
     "load_reference", "order_label", "placeholder", "redraw", "reference_caption", "reference_frame",
     "reference_series_name", "reference_traces", "relative_residuals", "repository_root", "ring_latest_run", "series_name",
-    "spherical_vector", "stale_layout_paths", "with_subtitle",
+    "side_by_side", "spherical_vector", "stale_layout_paths", "with_subtitle",
 ]

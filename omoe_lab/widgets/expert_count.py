@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 from .. import experiments, viz
 from ..adapters.config import ORTHOGONALIZE_MODES
 from ..experiments import RunConfig, RunResult
-from .live_figure import LiveFigure, placeholder, redraw, with_subtitle
+from .live_figure import PANEL_WIDTH, LiveFigure, placeholder, redraw, side_by_side
 from .readouts import LABEL_STYLE, error_text, layer_metrics_html
 from .reference import OWN_GROUP, load_reference, reference_caption, reference_frame, reference_traces
 
@@ -153,9 +153,10 @@ class ExpertCountExplorer:
         self.log = widgets.Output()  # training progress bars and tracebacks land here
 
         start = self._accuracy_figure([]) if self.reference else placeholder("Accuracy against the number of experts", "no runs yet: press Run")
-        self.accuracy_plot = LiveFigure(start, **(dict(height=560, width=1000) if self.reference else dict(height=380)))
-        self.cka_plot = LiveFigure(placeholder("CKA between experts", "no run yet"), height=430, width=480)
-        self.tsne_plot = LiveFigure(placeholder("t-SNE of expert outputs", "no run yet"), height=430, width=560)
+        # the accuracy plot autosizes to the output area; the two maps share its width
+        self.accuracy_plot = LiveFigure(start, height=560 if self.reference else 400)
+        self.cka_plot = LiveFigure(placeholder("CKA between experts", "no run yet"), height=440, width=PANEL_WIDTH)
+        self.tsne_plot = LiveFigure(placeholder("t-SNE of expert outputs", "no run yet"), height=440, width=PANEL_WIDTH)
 
         self.experts.observe(self._sync_controls, "value")
         self.method.observe(self._sync_controls, "value")
@@ -172,7 +173,7 @@ class ExpertCountExplorer:
             self.reference_note,
             self.accuracy_plot.widget,
             widgets.HBox([self.layer, self.layer_metrics]),
-            widgets.HBox([self.cka_plot.widget, self.tsne_plot.widget]),
+            side_by_side(self.cka_plot.widget, self.tsne_plot.widget),
             self.log_box,
         ])
 
@@ -262,16 +263,17 @@ class ExpertCountExplorer:
         experts = sorted({*own_x, *sweep_x}) or [1]
         reference = reference_traces(self.reference, (experts[0] - 0.3, experts[-1] + 0.3))
         figure = go.Figure(data=[*reference, *figure.data], layout=figure.layout)  # the reference beneath
-        # one line: the first line of a two-line title, and a subtitle on a figure's first render, are
-        # drawn over or out of sight under viz.TEMPLATE's title settings; the legend groups say the rest
+        # two legends of a few entries each: your runs beside the plot, the sweep's lines (legend2,
+        # see reference_traces) under it, where the bottom margin grows to fit them
         figure.update_layout(
-            title_text="Accuracy against the number of experts: the committed sweep and your runs",
-            legend=dict(groupclick="toggleitem", tracegroupgap=10, title_text=None, orientation="h", x=0, xanchor="left",
-                        y=0, yref="container", yanchor="bottom"),  # under the plot: the bottom margin grows to fit it
+            legend=dict(groupclick="toggleitem", title_text=None, orientation="v", x=1.02, xanchor="left", y=1, yanchor="top"),
+            legend2=dict(groupclick="toggleitem", title_text=None, orientation="h", x=0, xanchor="left",
+                         y=0, yref="container", yanchor="bottom"),
         )
         figure.update_xaxes(title_text="experts per adapted layer", tickmode="array", tickvals=experts, range=[experts[0] - 0.5, experts[-1] + 0.5])
         figure.update_yaxes(title_text="accuracy (%)")  # the legend groups say what the bars are
-        return figure
+        # the legend groups say what is whose, so the title stays one line
+        return viz.set_title(figure, "Accuracy against the number of experts: the committed sweep and your runs")
 
     # running ------------------------------------------------------------------------------
     def _run_with_experiments(self, config: RunConfig) -> RunResult:
@@ -366,7 +368,7 @@ class ExpertCountExplorer:
             return
         name = viz.layer_label(row["layer"], row.get("block"))
         if "cka" in row:
-            redraw(self.cka_plot, with_subtitle(viz.cka_heatmap(row["cka"]), f"Linear CKA between experts, {name}",
+            redraw(self.cka_plot, viz.set_title(viz.cka_heatmap(row["cka"]), f"Linear CKA between experts, {name}",
                                                 f"{result.label} · layer chosen in the menu"))
         else:
             redraw(self.cka_plot, placeholder(f"CKA between experts, {name}", "a single expert: nothing to compare"))
@@ -382,4 +384,4 @@ class ExpertCountExplorer:
         why = "the top adapted layer, the only one a run maps"
         if self.layer.value is not None and mapped is not None and self.layer.value != mapped:
             why += f"; CKA shows {self._layer_name(result, self.layer.value)}"
-        redraw(self.tsne_plot, with_subtitle(viz.tsne_scatter(frame), f"t-SNE of expert outputs, {layer}", f"{result.label} · {why}"))
+        redraw(self.tsne_plot, viz.set_title(viz.tsne_scatter(frame), f"t-SNE of expert outputs, {layer}", f"{result.label} · {why}"))

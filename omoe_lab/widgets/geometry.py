@@ -14,12 +14,15 @@ from .. import viz
 from ..adapters.config import ORTHOGONALIZE_MODES
 from ..adapters.orthogonal import gram_schmidt
 from ..analysis import direction_stiefel_error
-from .live_figure import LiveFigure
+from .live_figure import PANEL_WIDTH, LiveFigure, side_by_side
 from .readouts import LABEL_STYLE
 
 ORDERS = tuple(itertools.permutations(range(3)))
 # azimuth (°), elevation (°), length of e1, e2, e3: three clearly different, unequal experts
 GEOMETRY_START = ((-20.0, 10.0, 1.5), (35.0, 25.0, 1.0), (60.0, 70.0, 0.7))
+# where the 3-D view looks from: at least 50° off each starting expert (and off three experts in the
+# x–y plane), so none points at the reader and looks foreshortened
+GEOMETRY_EYE = dict(x=0.35, y=-1.65, z=1.1)
 
 
 def order_label(order: Sequence[int]) -> str:
@@ -80,12 +83,11 @@ def gram_schmidt_figure(vectors: torch.Tensor, q: torch.Tensor, order: Sequence[
     fig.update_layout(
         template=viz.TEMPLATE, uirevision="gram-schmidt", legend=dict(title_text="solid e, dashed q"),
         scene=dict(xaxis=dict(title="x", **axis), yaxis=dict(title="y", **axis), zaxis=dict(title="z", **axis),
-                   aspectmode="cube", camera=dict(eye=dict(x=1.4, y=1.3, z=0.8))),
-        margin=dict(l=0, r=0, t=70, b=0),
-        title_text=f"Gram–Schmidt of three experts, order {order_label(order)}<br><sub>mode {mode}; the q's are "
-                   f"omoe_lab.adapters.gram_schmidt's output</sub>",
+                   aspectmode="cube", camera=dict(eye=GEOMETRY_EYE)),
+        margin=dict(l=0, r=0, b=0),
     )
-    return fig
+    return viz.set_title(fig, f"Gram–Schmidt of three experts, order {order_label(order)}",
+                         f"mode {mode}; the q's are omoe_lab.adapters.gram_schmidt's output")
 
 
 class GramSchmidtGeometry:
@@ -126,7 +128,7 @@ class GramSchmidtGeometry:
                                            tooltip="give e2 the direction of e1 (its length stays): one of them becomes redundant")
         self.readout = widgets.HTML()
         self._holding = False
-        self.plot = LiveFigure(self._figure(), height=540, width=640)
+        self.plot = LiveFigure(self._figure(), height=560, width=PANEL_WIDTH + 60)  # the readout takes the rest of the row
         self.readout.value = self._readout()
 
         for control in (*self.azimuth, *self.elevation, *self.length, self.mode, self.order, self.tol):
@@ -136,7 +138,7 @@ class GramSchmidtGeometry:
         self.widget = widgets.VBox([
             widgets.HBox([self.mode, self.order, self.tol, self.align_button]),
             widgets.HBox(columns),
-            widgets.HBox([self.plot.widget, self.readout]),
+            side_by_side(self.plot.widget, self.readout),
         ])
 
     @property

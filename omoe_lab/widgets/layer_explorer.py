@@ -19,7 +19,7 @@ from ..analysis import (
 from ..analysis.diversity import layer_diversity, off_diagonal_mean
 from ..experiments import RunConfig, RunResult
 from ..inject import adapter_layers, load_adapters
-from .live_figure import LiveFigure, placeholder
+from .live_figure import PANEL_WIDTH, LiveFigure, placeholder, side_by_side
 from .readouts import LABEL_STYLE, error_text, layer_metrics_html
 
 
@@ -94,11 +94,11 @@ class LayerExplorer:
             value=top, description="layer", style=LABEL_STYLE,
         )
         self.status = widgets.HTML("")
-        self.cka_plot = LiveFigure(placeholder("CKA between experts", ""), height=430, width=480)
-        self.routing_plot = LiveFigure(placeholder("Expert load per task", ""), height=430, width=560)
+        self.cka_plot = LiveFigure(placeholder("CKA between experts", ""), height=440, width=PANEL_WIDTH)
+        self.routing_plot = LiveFigure(placeholder("Expert load per task", ""), height=440, width=PANEL_WIDTH)
         self.layer.observe(lambda change: self.show(change["new"]), "value")
         self.widget = widgets.VBox([
-            self.heading, self.layer, self.status, widgets.HBox([self.cka_plot.widget, self.routing_plot.widget]),
+            self.heading, self.layer, self.status, side_by_side(self.cka_plot.widget, self.routing_plot.widget),
         ])
         self.show(top)
 
@@ -170,14 +170,13 @@ class LayerExplorer:
             return
         self.status.value = layer_metrics_html(row)
         if "cka" in row:
-            self.cka_plot.show(viz.cka_heatmap(row["cka"], title=f"Linear CKA between experts, {label}<br><sub>{model}</sub>"))
+            self.cka_plot.show(viz.set_title(viz.cka_heatmap(row["cka"]), f"Linear CKA between experts, {label}", model))
         else:
             reason = "a single expert: nothing to compare" if row["experts"] < 2 else "undefined here (see above)"
             self.cka_plot.show(placeholder(f"CKA between experts, {label}", reason))
         if row.get("routing"):
-            figure = viz.routing_load_bars(pd.DataFrame(row["routing"]))
-            figure.update_layout(title_text=f"Expert load per task, {label}<br><sub>{model} · routing entropy / log E = "
-                                            f"{row['routing_entropy']:.2f}</sub>")
+            figure = viz.set_title(viz.routing_load_bars(pd.DataFrame(row["routing"])), f"Expert load per task, {label}",
+                                   f"{model} · routing entropy / log E = {row['routing_entropy']:.2f}")
             self.routing_plot.show(figure)
         else:
             self.routing_plot.show(placeholder(f"Expert load per task, {label}", "LoRA has no router"))

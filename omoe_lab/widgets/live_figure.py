@@ -1,8 +1,10 @@
 """Figures that redraw in place inside a widget: the plumbing every explorer shares.
 
 A ``LiveFigure`` is shown once and redrawn by ``show``/``update`` (a plotly ``FigureWidget`` when
-anywidget is available, else a static figure in an ``Output``); ``redraw`` sends a new figure in
-the order plotly.js takes without an error; ``placeholder`` says why a panel is empty.
+anywidget is available, else a static figure in an ``Output``), sized and fitted by
+``viz.fit_layout`` each time; ``redraw`` sends a new figure in the order plotly.js takes without
+an error; ``placeholder`` says why a panel is empty; ``side_by_side`` lays panels out in a row
+that wraps when JupyterLab's output area is narrower than they are.
 """
 from __future__ import annotations
 
@@ -14,6 +16,9 @@ import plotly.io as pio
 
 from .. import viz
 
+# two panels side by side fill JupyterLab's output area, and no more
+PANEL_WIDTH = viz.OUTPUT_AREA_WIDTH // 2 - 10
+
 
 class LiveFigure:
     """A plotly figure panel, shown once and redrawn in place by ``show`` (or ``update``).
@@ -21,7 +26,8 @@ class LiveFigure:
     ``figure`` is a ``go.FigureWidget`` (and ``widget`` the same object) when one can be made;
     otherwise ``figure`` is a ``go.Figure`` and ``widget`` an ``Output`` whose single display is
     replaced on every redraw. ``size`` (plotly ``width``/``height``) is applied to every figure
-    shown, since a new figure brings its own layout.
+    shown, since a new figure brings its own layout, and the figure is fitted to it
+    (``viz.fit_layout``: title margin, axis titles, legend).
 
     The browser keeps its own copy of a FigureWidget's figure, and two things about that copy
     decide how a redraw is sent:
@@ -42,7 +48,7 @@ class LiveFigure:
 
     def __init__(self, figure: go.Figure, **size):
         self.size = size
-        figure.update_layout(**size)
+        viz.fit_layout(figure, **size)
         try:
             self.figure = go.FigureWidget(figure)
             self.widget, self.live = self.figure, True
@@ -52,7 +58,7 @@ class LiveFigure:
 
     def show(self, figure: go.Figure) -> None:
         """Replace what is drawn by ``figure`` (which is resized, not copied: templates are slow to copy)."""
-        figure.update_layout(**self.size)
+        viz.fit_layout(figure, **self.size)
         if not self.live:
             self.figure = figure
             self._render()
@@ -72,7 +78,7 @@ class LiveFigure:
     def update(self, figure: go.Figure) -> None:
         """Like ``show``, but edits the drawn traces in place when ``figure`` has the same kinds of
         traces in the same order (every property it sets is sent; the template is not)."""
-        figure.update_layout(**self.size)
+        viz.fit_layout(figure, **self.size)
         if not self.live or [t.type for t in self.figure.data] != [t.type for t in figure.data]:
             self.show(figure)
             return
@@ -120,7 +126,7 @@ def placeholder(title: str, message: str) -> go.Figure:
     fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper", font=dict(size=14, color="#666666"))
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
-    return fig.update_layout(template=viz.TEMPLATE, title_text=title)
+    return viz.set_title(fig.update_layout(template=viz.TEMPLATE), title)
 
 
 def redraw(plot: LiveFigure, figure: go.Figure) -> None:
@@ -137,7 +143,7 @@ def redraw(plot: LiveFigure, figure: go.Figure) -> None:
     if not plot.live or not plot.figure.data or figure.data:
         (plot.update if heatmaps else plot.show)(figure)
         return
-    figure.update_layout(**plot.size)
+    viz.fit_layout(figure, **plot.size)
     stale = {path: [] if isinstance(value, (list, tuple)) else None
              for path, value in stale_layout_paths(plot.figure.layout.to_plotly_json(), figure.layout.to_plotly_json())}
     if stale:
@@ -147,7 +153,10 @@ def redraw(plot: LiveFigure, figure: go.Figure) -> None:
     plot._sync_state()
 
 
-def with_subtitle(figure: go.Figure, title: str, subtitle: str) -> go.Figure:
-    """A title and a smaller line under it, as plotly's own subtitle: a ``<br><sub>`` title under
-    ``viz.TEMPLATE``'s container-anchored, auto-margined title loses its first line in plotly.js."""
-    return figure.update_layout(title=dict(text=title, subtitle=dict(text=subtitle)))
+# viz.set_title (a title and a smaller line under it) under the name this package has always exported
+with_subtitle = viz.set_title
+
+
+def side_by_side(*children: widgets.Widget) -> widgets.HBox:
+    """Panels in a row that wraps onto the next line when the output area is narrower than they are."""
+    return widgets.HBox(list(children), layout=widgets.Layout(flex_flow="row wrap", align_items="flex-start"))

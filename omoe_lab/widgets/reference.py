@@ -99,28 +99,32 @@ def reference_traces(summary: dict, x_range: tuple[float, float]) -> list[go.Sca
     expert counts, nudged sideways a little so that intervals at the same E stay readable (the
     hover says the true E). LoRA, whose sweep arm has the mixtures' A/B budget (rank E·r) rather
     than an expert count, and zero-shot (the runs' own prompt style, per-token mean) are
-    horizontal lines across ``x_range``.
+    horizontal lines across ``x_range``. Each line has its method's colour (``viz.series_style``),
+    dashed (dash-dotted under top-k routing), and goes in the second legend (``legend2``).
     """
     frame = reference_frame(summary)
     meta = summary.get("meta", {})
     seeds_text = ", ".join(map(str, meta.get("seeds") or [])) or "?"
-    group = dict(legendgroup=REFERENCE_GROUP, legendgrouptitle_text=(
+    group = dict(legend="legend2", legendgroup=REFERENCE_GROUP, legendgrouptitle_text=(
         f"dashed: the sweep {html.escape(str(meta.get('setting', '?')))}, profile {html.escape(str(meta.get('profile', '?')))}, "
         f"seeds {seeds_text} (bars: 95 % t)"))
     seeds = len(meta.get("seeds") or []) or None
     traces: list[go.Scatter] = []
     routed = frame[frame["method"] != "lora"]
     names = list(dict.fromkeys(routed["series"]))
-    colors = viz.series_colors(names)
+    # a line spans expert counts: its look is its method's, routing and start, not one E's shade
+    configs = {}
+    for arm in summary["arms"]:
+        configs.setdefault(reference_series_name(arm), {k: v for k, v in arm["config"].items() if k != "num_experts"})
+    styles = viz.series_styles(names, {name: {"label": name, "config": configs[name]} for name in names})
     for index, name in enumerate(names):
         rows = routed[routed["series"] == name].sort_values("num_experts")
-        method = rows["method"].iloc[0]
-        # the plain soft mixture of a method has the method's colour, as the learner's line of it does
-        color = viz.METHOD_COLORS.get(method) if name == f"{viz.method_label(method)} soft" else colors[name]
+        style = styles[name]
         offset = 0.07 * (index - (len(names) - 1) / 2)
         traces.append(go.Scatter(
             x=rows["num_experts"] + offset, y=100 * rows["mean"], mode="lines+markers", name=REFERENCE_PREFIX + name,
-            line=dict(color=color or colors[name], width=1.5, dash="dash"), marker=dict(size=8, symbol="diamond-open"),
+            line=dict(color=style.color, width=1.5, dash="dashdot" if style.pattern else "dash"),
+            marker=dict(size=8, symbol="diamond-open"),
             error_y=dict(type="data", symmetric=False, array=100 * (rows["high"] - rows["mean"]),
                          arrayminus=100 * (rows["mean"] - rows["low"]), thickness=1),
             customdata=rows[["num_experts", "low", "high", "seeds"]].to_numpy(dtype=float) * [1, 100, 100, 1],
@@ -128,11 +132,11 @@ def reference_traces(summary: dict, x_range: tuple[float, float]) -> list[go.Sca
                           f"<br>95 % t interval %{{customdata[1]:.1f}} – %{{customdata[2]:.1f}} (%{{customdata[3]:.0f}} seeds)<extra></extra>",
             **group,
         ))
-    flat = [(f"{row.label} (E·r budget)", row.mean, row.low, row.high, viz.METHOD_COLORS["lora"], "dash")
+    flat = [(f"{row.label} (E·r budget)", row.mean, row.low, row.high, viz.method_color("lora"), "dash")
             for row in frame[frame["method"] == "lora"].itertuples()]
-    ways, style = summary.get("baselines", {}).get("ways", {}), meta.get("prompt_style")
-    if style and f"{style}/mean" in ways:
-        flat.append((f"zero-shot ({style}/mean)", ways[f"{style}/mean"]["accuracy"], None, None, "#999999", "dot"))
+    ways, prompt = summary.get("baselines", {}).get("ways", {}), meta.get("prompt_style")
+    if prompt and f"{prompt}/mean" in ways:
+        flat.append((f"zero-shot ({prompt}/mean)", ways[f"{prompt}/mean"]["accuracy"], None, None, viz.method_color("none"), "dot"))
     low_x, high_x = x_range
     for name, mean, low, high, color, dash in flat:
         interval = f"<br>95 % t interval {100 * low:.1f} – {100 * high:.1f} ({seeds} seeds)" if low is not None else ""

@@ -312,15 +312,15 @@ def _line_count(text: str | None) -> int:
     return len(_BREAK.split(text)) if text else 0
 
 
-def top_margin(title: str | None, subtitle: str | None, above_plot: bool) -> int:
+def top_margin(title: str | None, subtitle: str | None, on_plot: int = 0) -> int:
     """px above the plot for plotly's toolbar, the title's lines, the subtitle's (plotly puts it
-    1.6 em under the title) and, when ``above_plot``, facet titles or a menu standing on the plot."""
+    1.6 em under the title) and ``on_plot`` px of facet titles or a menu standing on the plot."""
     height = TOOLBAR_HEIGHT + 12
     if title:
         height += 20 + 21 * (_line_count(title) - 1)
     if subtitle:
         height += 30 + 16 * (_line_count(subtitle) - 1)
-    return height + (26 if above_plot else 0)
+    return height + on_plot
 
 
 def _margin(fig: go.Figure, side: str) -> float:
@@ -328,12 +328,27 @@ def _margin(fig: go.Figure, side: str) -> float:
     return value if value is not None else TEMPLATE.layout.margin[side]
 
 
-def _stands_on_plot(fig: go.Figure) -> bool:
-    """Whether something sits on top of the plot area: facet or subplot titles, a dropdown."""
-    titles = any(a.yref in ("paper", None) and a.y is not None and a.y >= 1 and a.textangle not in (90, -90)
-                 for a in fig.layout.annotations)
-    menus = any(m.y is not None and m.y >= 1 and m.yanchor == "bottom" for m in fig.layout.updatemenus)
-    return titles or menus
+def _panel_titles(fig: go.Figure) -> list:
+    """Facet and subplot titles: paper annotations standing, unrotated and without an arrow, on a panel."""
+    return [note for note in fig.layout.annotations
+            if note.xref in (None, "paper") and note.yref in (None, "paper") and note.yanchor == "bottom"
+            and not note.showarrow and note.textangle not in (90, -90) and note.text]
+
+
+def _fit_panel_titles(fig: go.Figure) -> int:
+    """Wrap facet and subplot titles to their panel's width; return the px that they, or a menu,
+    stand above the top of the plot (0: nothing does)."""
+    plot_width = (fig.layout.width or OUTPUT_AREA_WIDTH) - _margin(fig, "l") - _margin(fig, "r")
+    domains = [axis.domain or (0, 1) for axis in fig.select_xaxes()]
+    on_plot = 0
+    for note in _panel_titles(fig):
+        low, high = next(((low, high) for low, high in domains if low - 1e-6 <= (note.x or 0) <= high + 1e-6), (0, 1))
+        note.text = wrap_text(note.text, max((high - low) * plot_width, 60), note.font.size or FONT_SIZE)
+        if note.y is not None and note.y >= 1:
+            on_plot = max(on_plot, 10 + 16 * _line_count(note.text))
+    if any(menu.y is not None and menu.y >= 1 and menu.yanchor == "bottom" for menu in fig.layout.updatemenus):
+        on_plot = max(on_plot, 26)
+    return on_plot
 
 
 def set_title(fig: go.Figure, title: str, subtitle: str | None = None) -> go.Figure:
@@ -352,15 +367,15 @@ def fit_layout(fig: go.Figure, width: int | None = None, height: int | None = No
     """Fit what depends on a figure's size, after sizing it to ``width`` × ``height`` (if given;
     an autosized figure counts as ``OUTPUT_AREA_WIDTH`` wide): the title and subtitle wrap to the
     width and the top margin holds them below the toolbar; axis titles wrap to their axis; the
-    legend goes under the plot when it is long or the figure narrow. Call it again after
-    resizing a figure: it starts from the unwrapped texts."""
+    legend goes under the plot when it is long or the figure narrow; facet and subplot titles
+    wrap to their panel. Call it again after resizing a figure: it starts from the unwrapped texts."""
     if width is not None or height is not None:
         fig.update_layout(width=width, height=height)
     room = (fig.layout.width or OUTPUT_AREA_WIDTH) - 2 * TEMPLATE.layout.title.pad.l
     title = wrap_text(fig.layout.title.text, room, TITLE_SIZE) if fig.layout.title.text else None
     subtitle = wrap_text(fig.layout.title.subtitle.text, room, SUBTITLE_SIZE) if fig.layout.title.subtitle.text else None
     fig.update_layout(title=dict(text=title, subtitle=dict(text=subtitle)),
-                      margin=dict(t=top_margin(title, subtitle, _stands_on_plot(fig))))
+                      margin=dict(t=top_margin(title, subtitle, _fit_panel_titles(fig))))
     _wrap_axis_titles(fig)
     _place_legend(fig)
     return fig
@@ -379,7 +394,7 @@ def _wrap_axis_titles(fig: go.Figure) -> None:
 
 def _legend_entries(fig: go.Figure, legend: str = "legend") -> int:
     # heatmaps (their colour bar is their legend) have no legend entry unless asked for one
-    return len({t.legendgroup or t.name for t in fig.data
+    return len({(t.legendgroup, t.name) for t in fig.data
                 if (getattr(t, "legend", None) or "legend") == legend and t.name
                 and (t.showlegend or (t.showlegend is None and t.type != "heatmap"))})
 

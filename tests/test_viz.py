@@ -242,9 +242,12 @@ def test_titles_sit_under_the_toolbar_in_a_top_margin_sized_for_them():
     plain = _curves()
     subtitled = viz.set_title(_curves(), "Training loss", "profile ci, seed 0")
     faceted = viz.tsne_scatter(_embedding_frame(), facet_col="method")
-    assert plain.layout.margin.t == viz.top_margin("Training loss", None, False)
+    assert plain.layout.margin.t == viz.top_margin("Training loss", None)
     assert subtitled.layout.margin.t > plain.layout.margin.t and subtitled.layout.title.subtitle.text == "profile ci, seed 0"
-    assert faceted.layout.margin.t == viz.top_margin(faceted.layout.title.text, None, True)  # facet titles stand on the plot
+    assert faceted.layout.margin.t == viz.top_margin(faceted.layout.title.text, None, 26)  # facet titles stand on the plot
+    crowded = viz.fit_layout(viz.tsne_scatter(_embedding_frame().assign(method="OMoE (norm_preserving) E=8 top-2, shared expert"),
+                                              facet_col="method"), width=300)
+    assert "<br>" in crowded.layout.annotations[0].text and crowded.layout.margin.t > faceted.layout.margin.t
     legacy = viz.cka_heatmap(np.eye(2), title="CKA, L3 q_proj<br><sub>OMoE E=2</sub>")
     assert (legacy.layout.title.text, legacy.layout.title.subtitle.text) == ("CKA, L3 q_proj", "OMoE E=2")
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from . import viz
-from .experiments import PROFILES, RunResult, results_table, summarize
+from .experiments import PROFILES, RunResult, adapter_rank, results_table, summarize
 from .findings import (
     compare_with_best_baseline, compare_with_zero_shot, diversity_sentence, first_run_per_label, format_p_value,
     paired_with_best_baseline, paired_with_zero_shot, random_start_control, runs_by_label, sample_size, stiefel_sentence,
@@ -338,10 +338,19 @@ def _configuration(results, environment) -> dict:
     several_seeds = has_several_seeds(results)
     headers = [f"{r.label} (seed {r.config.get('seed')})" if several_seeds else r.label for r in results]
     keys = list(dict.fromkeys(k for r in results for k in r.config))
-    rows = [[key] + [format_value(r.config.get(key)) for r in results] for key in keys]
+    rows = [[key] + [_config_cell(r.config, key) for r in results] for key in keys]
     rows.append(["cache key"] + [r.key for r in results])
     return {"config": Table(["setting"] + headers, rows),
             "environment": Table(["", "value"], [[key, format_value(value)] for key, value in environment.items()])}
+
+
+def _config_cell(config: dict, key: str) -> str:
+    """A setting as the table shows it; LoRA's rank is the E·r its layers get (its label's r), not
+    the per-expert r its config records next to E."""
+    rank = adapter_rank(config)
+    if key == "rank" and config.get("method") == "lora" and rank != config.get("rank"):
+        return f"{rank} (E·r = {format_value(config.get('num_experts'))} × {format_value(config.get('rank'))})"
+    return format_value(config.get(key))
 
 
 # --- metrics.json ------------------------------------------------------------------------------

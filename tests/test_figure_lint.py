@@ -106,7 +106,8 @@ def explorer_panels():
     """The expert-count explorer after a session of runs (with the sweep as a reference), its figures and its widget."""
     explorer = widgets.ExpertCountExplorer(profile="ci", run_fn=FakeRuns(), reference=sweep_summary())
     for method, experts, routing, mode in (("omoe", 2, "soft", "stiefel"), ("omoe", 4, "soft", "stiefel"), ("moe", 2, "soft", "stiefel"),
-                                           ("moe", 2, "top_k", "stiefel"), ("omoe", 2, "soft", "norm_preserving"), ("omoe", 3, "soft", "stiefel")):
+                                           ("moe", 2, "top_k", "stiefel"), ("omoe", 2, "soft", "norm_preserving"), ("lora", 4, "soft", "stiefel"),
+                                           ("omoe", 3, "soft", "stiefel")):
         explorer.method.value, explorer.experts.value, explorer.routing.value, explorer.orthogonalize.value = method, experts, routing, mode
         explorer.run()
     figures = {"explorer accuracy": explorer.accuracy_figure, "explorer CKA": explorer.cka_figure, "explorer t-SNE": explorer.tsne_figure}

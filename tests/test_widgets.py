@@ -38,10 +38,11 @@ def layer_cka(block: int, experts: int) -> list[list[float]]:
 class FakeRuns:
     """Stands in for ``experiments.run``: records the configs and returns hand-built results.
 
-    Accuracy: ``base[(method, E)] + 0.1 · seed``; ``fail`` raises instead.
+    Accuracy: ``base[(method, E)] + 0.1 · seed``; ``fail`` raises instead. LoRA, as in
+    ``experiments.run``, has no expert rows: one adapter per layer, nothing to compare.
     """
 
-    base = {("omoe", 2): 0.5, ("omoe", 4): 0.75, ("omoe", 3): 0.6, ("moe", 2): 0.25, ("moe", 3): 0.3, ("lora", 1): 0.4}
+    base = {("omoe", 2): 0.5, ("omoe", 4): 0.75, ("omoe", 3): 0.6, ("moe", 2): 0.25, ("moe", 3): 0.3, ("lora", 4): 0.4}
 
     def __init__(self, fail: str | None = None, accuracy: float | None = None):
         self.configs, self.fail, self.accuracy = [], fail, accuracy
@@ -55,7 +56,7 @@ class FakeRuns:
         experts_per_layer = c.num_experts
         accuracy = self.accuracy if self.accuracy is not None else self.base[(c.method, experts_per_layer)] + 0.1 * c.seed
         rows = []
-        for name in LAYERS:
+        for name in LAYERS if c.method != "lora" else ():
             block = int(name.split(".")[2])
             row = {"layer": name, "block": block, "method": c.method, "experts": experts_per_layer, "tokens": 6}
             if experts_per_layer > 1:
@@ -67,7 +68,7 @@ class FakeRuns:
             {"x": float(token + 10 * expert), "y": float(expert), "expert": expert, "token_row": token,
              "projection": "tsne", "task": "boolq", "layer": LAYERS[-1]}
             for token in range(3) for expert in range(experts_per_layer)
-        ] if experts_per_layer > 1 else []
+        ] if experts_per_layer > 1 and c.method != "lora" else []
         metrics = {"protocol": "label", "accuracy": accuracy, "per_task": {"boolq": accuracy}, "n": 20,
                    "n_per_task": {"boolq": 20}, "chance": 0.5}
         replay = config.key() in self.finished
@@ -177,23 +178,33 @@ def test_controls_enable_what_the_method_and_routing_use():
     config = explorer.config()
     assert (config.method, config.num_experts, config.top_k, config.orthogonalize) == ("moe", 2, 2, None)
 
-    explorer.method.value = "lora"
-    assert explorer.experts.disabled and explorer.routing.disabled and explorer.top_k.disabled and explorer.orthogonalize.disabled
+    explorer.method.value = "lora"  # E sets LoRA's budget, rank E·r; it has no routing
+    assert not explorer.experts.disabled and explorer.routing.disabled and explorer.top_k.disabled and explorer.orthogonalize.disabled
     config = explorer.config()
-    assert (config.method, config.num_experts, config.top_k, config.orthogonalize) == ("lora", 1, None, None)
+    assert (config.method, config.num_experts, config.top_k, config.orthogonalize) == ("lora", 2, None, None)
     explorer.method.value = "omoe"
     assert not explorer.experts.disabled and not explorer.top_k.disabled
 
 
-def test_lora_is_the_one_expert_reference():
-    explorer = explorer_with(FakeRuns())
-    run_with(explorer, method="lora")
-    run_with(explorer, experts=2)
-    lora = traces_by_name(explorer.accuracy_figure)["LoRA"]
-    assert list(lora.x) == [1] and list(lora.y) == pytest.approx([40.0])
-    run_with(explorer, method="lora")
+NO_EXPERTS = "LoRA: one adapter per layer, no experts to compare"
+
+
+def test_lora_has_the_budget_of_e_experts_as_the_reference_lora_has():
+    # the sweeps give LoRA rank E·r, the mixtures' A/B budget: a LoRA press must too, or a rank-4
+    # LoRA is drawn against the reference's rank-16 line
+    fake = FakeRuns()
+    explorer = explorer_with(fake, reference=sweep_summary())
+    run_with(explorer, method="lora", experts=4)
+    (config,) = fake.configs
+    reference = next(arm for arm in sweep_summary()["arms"] if arm["config"]["method"] == "lora")
+    assert experiments.adapter_rank(config.resolved()) == config.resolved().rank * reference["config"]["num_experts"]
+    assert config.label() == reference["run_label"] == "LoRA r=16"
+    lora = traces_by_name(explorer.accuracy_figure)["LoRA (rank E·r)"]
+    assert list(lora.x) == [4] and list(lora.y) == pytest.approx([40.0])
+    # it has adapted layers, and no experts: the panels say so
+    assert [a.text for a in explorer.cka_figure.layout.annotations] == [NO_EXPERTS]
     assert len(explorer.cka_figure.data) == 0 and len(explorer.tsne_figure.data) == 0
-    assert "single expert" in explorer.cka_figure.layout.annotations[0].text
+    assert "no experts" in explorer.tsne_figure.layout.annotations[0].text
 
 
 def test_a_failing_run_is_reported_not_raised():
@@ -364,7 +375,7 @@ def test_real_plots_carry_no_placeholder_text_in_the_browser(front_end):
         assert not layout.get("annotations"), f"{panel.figure.layout.title.text!r} still shows {layout['annotations']}"
         assert layout.get("xaxis", {}).get("visible") is not False  # the placeholder hid its axes
     run_with(explorer, method="lora")  # and back: a placeholder replaces a heatmap
-    assert [a["text"] for a in front_end(displayed_figure(explorer.cka_plot))["annotations"]] == ["a single expert: nothing to compare"]
+    assert [a["text"] for a in front_end(displayed_figure(explorer.cka_plot))["annotations"]] == [NO_EXPERTS]
     # redrawn in place: the page keeps one FigureWidget per panel (each new one sends it plotly.js again)
     assert [displayed_figure(panel) for panel in (explorer.accuracy_plot, explorer.cka_plot, explorer.tsne_plot)] == shown
 
@@ -420,7 +431,7 @@ def test_cka_redraws_in_the_order_plotly_js_takes(sent_messages):
     kinds = sent_messages[cka]
     assert "deleteTraces" in kinds and kinds.index("deleteTraces") > kinds.index("relayout")
     assert len(explorer.cka_figure.data) == 0 and explorer.cka_figure.layout.xaxis.tickvals is None
-    assert [a.text for a in explorer.cka_figure.layout.annotations] == ["a single expert: nothing to compare"]
+    assert [a.text for a in explorer.cka_figure.layout.annotations] == [NO_EXPERTS]
 
 def test_replaying_a_cached_configuration_says_so_and_rings_it():
     explorer = explorer_with(FakeRuns())

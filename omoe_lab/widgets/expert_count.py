@@ -20,7 +20,10 @@ from .live_figure import PANEL_WIDTH, LiveFigure, placeholder, redraw, side_by_s
 from .readouts import LABEL_STYLE, error_text, layer_metrics_html
 from .reference import OWN_GROUP, load_reference, reference_caption, reference_frame, reference_traces
 
-METHOD_CHOICES = (("MoE-LoRA (vanilla)", "moe"), ("OMoE (Gram–Schmidt)", "omoe"), ("LoRA (E = 1 reference)", "lora"))
+METHOD_CHOICES = (("MoE-LoRA (vanilla)", "moe"), ("OMoE (Gram–Schmidt)", "omoe"), ("LoRA (rank E·r, the same budget)", "lora"))
+LORA_SERIES = "LoRA (rank E·r)"  # LoRA's line: drawn at the E whose A/B budget it has
+# why a LoRA run has no CKA or t-SNE panel: its layers are adapted, by one adapter each
+LORA_HAS_NO_EXPERTS = "LoRA: one adapter per layer, no experts to {}"
 ROUTING_CHOICES = (("soft", "soft"), ("top-k", "top_k"))
 
 
@@ -28,8 +31,10 @@ ROUTING_CHOICES = (("soft", "soft"), ("top-k", "top_k"))
 def series_name(config: dict) -> str:
     """The accuracy line a run belongs to: its method, split off by routing and by
     orthogonalization when they differ from soft and ``"stiefel"``, so that variants never
-    average together as if they were seeds of one configuration."""
+    average together as if they were seeds of one configuration; LoRA's says its rank is E·r."""
     method = config["method"]
+    if method == "lora":
+        return LORA_SERIES
     variant = []
     if config.get("top_k"):
         variant.append(f"top-{config['top_k']}")
@@ -83,9 +88,10 @@ class ExpertCountExplorer:
     experts for every run of this session (one line per method, the latest run ringed), the CKA
     heatmap of the layer picked in the layer menu (filled from the run's adapted layers; changing
     it redraws without re-running), and the t-SNE of the top adapted layer's expert outputs (the
-    only layer a run maps; the titles say which layer each panel shows). LoRA is the E = 1
-    reference: one rank-r adapter, drawn at one expert. A failing run is reported in the status
-    line and the run log, never raised into the notebook.
+    only layer a run maps; the titles say which layer each panel shows). LoRA gets the A/B budget
+    of E experts, rank E·r, as in the sweeps (``experiments.adapter_rank``), and is drawn at that
+    E; it has no experts, so its CKA and t-SNE panels say so. A failing run is reported in the
+    status line and the run log, never raised into the notebook.
 
     ``model``/``tokenizer``: a loaded base model to reuse across runs (else the first run that is
     not cached loads one, and the explorer keeps it for the next); with a model, runs share one
@@ -197,7 +203,7 @@ class ExpertCountExplorer:
     def _sync_controls(self, _change=None) -> None:
         """Enable only the controls that mean something for the chosen method and routing."""
         lora = self.method.value == "lora"
-        self.experts.disabled = self.routing.disabled = lora
+        self.routing.disabled = lora  # E stays: it sets LoRA's rank E·r
         self.top_k.max = self.experts.value  # top-k cannot pick more experts than exist (clamps k)
         self.top_k.disabled = lora or self.routing.value != "top_k"
         self.orthogonalize.disabled = self.method.value != "omoe"
@@ -208,7 +214,7 @@ class ExpertCountExplorer:
         routed = method != "lora"
         return RunConfig(
             method=method,
-            num_experts=self.experts.value if routed else 1,
+            num_experts=self.experts.value,  # LoRA: its rank is E·r
             top_k=self.top_k.value if routed and self.routing.value == "top_k" else None,
             orthogonalize=self.orthogonalize.value if method == "omoe" else None,
             seed=int(self.seed.value),
@@ -363,7 +369,8 @@ class ExpertCountExplorer:
         result = self.result
         row = next((r for r in result.experts if r["layer"] == self.layer.value), None)
         if row is None:
-            redraw(self.cka_plot, placeholder("CKA between experts", "this run has no adapted layers"))
+            why = LORA_HAS_NO_EXPERTS.format("compare") if result.config["method"] == "lora" else "no expert measures recorded"
+            redraw(self.cka_plot, placeholder("CKA between experts", why))
             self.layer_metrics.value = ""
             return
         name = viz.layer_label(row["layer"], row.get("block"))
@@ -376,7 +383,8 @@ class ExpertCountExplorer:
 
     def _draw_tsne(self, result: RunResult) -> None:
         if not result.embedding:
-            redraw(self.tsne_plot, placeholder("t-SNE of expert outputs", "a single expert: no map to draw"))
+            why = LORA_HAS_NO_EXPERTS.format("map") if result.config["method"] == "lora" else "a single expert: no map to draw"
+            redraw(self.tsne_plot, placeholder("t-SNE of expert outputs", why))
             return
         frame = pd.DataFrame(result.embedding)
         mapped = frame["layer"].iloc[0] if "layer" in frame.columns else None

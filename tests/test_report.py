@@ -5,6 +5,7 @@ import re
 from html.parser import HTMLParser
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from omoe_lab import experiments, findings
@@ -552,3 +553,16 @@ def test_the_configuration_table_gives_lora_the_rank_its_label_names():
     config = report.sections[-1].data["config"]
     rank = next(row for row in config.rows if row[0] == "rank")
     assert rank[1].startswith("16") and "4 × 4" in rank[1] and rank[2] == "4"
+
+
+def test_the_live_experts_sentence_never_says_more_than_all_of_them():
+    # notebook 01 printed "share of live experts 100% or more": a share cannot pass 100 %
+    every = findings.live_experts_sentence({"L28 q_proj": 1.0, "L29 q_proj": 1.0})
+    assert every == "Every expert was live (none redundant, no q set to 0) on every token, in all 2 layers."
+    some = findings.live_experts_sentence({"L28 q_proj": 1.0, "L29 q_proj": 0.875})
+    assert some.startswith("The share of live (non-redundant) experts was at least 87.5 % (lowest in L29 q_proj)")
+    assert "or more" not in every + some and "100" not in every
+    checked = [{"label": "OMoE", "layer": "model.layers.3.q_proj", "block": 3, "error": 1e-7, "tolerance": 4.8e-6, "live": 1.0}]
+    assert findings.stiefel_sentence(pd.DataFrame(checked)).endswith(
+        "within tolerance: the worst error is 1.00e-07 (tolerance 4.8e-06). Every expert was live (none redundant, "
+        "no q set to 0) on every token, in the one layer.")

@@ -251,17 +251,22 @@ def format_percent(fraction, digits: int = 1) -> str:
     return MISSING if _missing(fraction) else f"{100 * float(fraction):.{digits}f}"
 
 
+# float32 holds about 7 significant digits: 6 print a float32 sum of gates as 1, not 0.9999999403953552
+SIGNIFICANT_DIGITS = 6
+
+
 def format_value(value) -> str:
-    """Any setting or measured value as a table cell: missing as ``—``, whole numbers without a
-    decimal point (a count stored as ``4.0`` prints ``4``), lists comma-separated, others as ``str``."""
+    """Any setting or measured value as a table cell or a printed number: missing as ``—``, whole
+    numbers without a decimal point (a count stored as ``4.0`` prints ``4``), other floats to
+    ``SIGNIFICANT_DIGITS`` (float32 noise gone), lists comma-separated, others as ``str``."""
     if isinstance(value, (list, tuple)):
         return ", ".join(format_value(v) for v in value)
     if _missing(value):
         return MISSING
     if isinstance(value, (bool, np.bool_)):
         return str(bool(value))
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return str(int(value)) if float(value).is_integer() else f"{float(value):.{SIGNIFICANT_DIGITS}g}"
     if isinstance(value, np.generic):
         return str(value.item())
     return str(value)

@@ -473,3 +473,11 @@ def test_routing_entropy_over_training_is_a_map_per_run_with_every_layer_and_no_
     assert not any(t.showlegend for t in fig.data)  # fourteen layers, and no legend entry for any of them
     with pytest.raises(ValueError, match="no run recorded routing"):
         viz.routing_entropy_over_training([{"label": "LoRA r=16", "routing": []}])
+
+
+def test_float32_noise_prints_as_the_number_it_stands_for():
+    # gates summed in float32 give 0.9999999403953552 (notebook 00), and float32 0.1 is 0.10000000149011612
+    assert viz.format_value(0.9999999403953552) == "1"
+    assert viz.format_value(np.float32(0.1)) == "0.1" and viz.format_value(2e-4) == "0.0002" and viz.format_value(1e-7) == "1e-07"
+    assert viz.format_value([0.9999999403953552, 1.0000001192092896, 1.0]) == "1, 1, 1"
+    assert viz.format_value(0.123456789) == "0.123457" and viz.format_value(3.0) == "3"

@@ -421,8 +421,10 @@ def _finish(fig: go.Figure, title: str, legend_title: str | None = None) -> go.F
 
 
 def _categorical_axis(values: list[str]) -> dict:
-    """Axis settings that list every category as its own tick: plotly's automatic ticks on a
-    category axis log ``ax.dtick error: Infinity`` when a heatmap replaces another in a widget."""
+    """Axis settings that list every category as its own tick. plotly.js still ticks a category
+    axis every range / (length / 15 px) categories, so such an axis must keep a length of its
+    own: tied to the other axis by ``scaleanchor``/``constrain``, it gets 0 px while that one is
+    empty or of another size (a heatmap replaced in a widget) and logs ``ax.dtick error: Infinity``."""
     return dict(type="category", tickmode="array", tickvals=values, ticktext=values, categoryorder="array", categoryarray=values)
 
 
@@ -501,7 +503,8 @@ def cka_heatmap(matrix, labels=None, title: str = "CKA between experts") -> go.F
     """Heatmap of an expert × expert similarity matrix on a fixed 0..1 colour scale, values printed.
 
     The scale is fixed so two heatmaps (e.g. MoE-LoRA vs OMoE) can be compared by colour; a
-    debiased CKA slightly below 0 shows as the lightest colour with its true value printed.
+    debiased CKA slightly below 0 shows as the lightest colour with its true value printed. The
+    cells are square when the figure is (no ``scaleanchor``: see ``_categorical_axis``).
     """
     z = np.asarray(matrix.detach().cpu() if hasattr(matrix, "detach") else matrix, dtype=float)
     if z.ndim != 2 or z.shape[0] != z.shape[1]:
@@ -514,8 +517,8 @@ def cka_heatmap(matrix, labels=None, title: str = "CKA between experts") -> go.F
         texttemplate="%{z:.2f}", hovertemplate="%{y} vs %{x}: %{z:.3f}<extra></extra>",
         colorbar=dict(title=dict(text="similarity")),
     ))
-    fig.update_yaxes(autorange="reversed", scaleanchor="x", constrain="domain", **_categorical_axis(labels))
-    fig.update_xaxes(constrain="domain", side="bottom", **_categorical_axis(labels))
+    fig.update_yaxes(autorange="reversed", **_categorical_axis(labels))
+    fig.update_xaxes(side="bottom", **_categorical_axis(labels))
     return _finish(fig, title)
 
 

@@ -481,3 +481,12 @@ def test_float32_noise_prints_as_the_number_it_stands_for():
     assert viz.format_value(np.float32(0.1)) == "0.1" and viz.format_value(2e-4) == "0.0002" and viz.format_value(1e-7) == "1e-07"
     assert viz.format_value([0.9999999403953552, 1.0000001192092896, 1.0]) == "1, 1, 1"
     assert viz.format_value(0.123456789) == "0.123457" and viz.format_value(3.0) == "3"
+
+
+def test_heatmap_axes_take_no_length_from_each_other():
+    # plotly.js ticks a category axis every range / (length / 15 px) categories: an axis whose length
+    # scaleanchor/constrain derive from the other axis gets 0 px while that one is empty or of
+    # another size (a heatmap replaced in a widget), and logs "ax.dtick error: Infinity"
+    for fig in (viz.cka_heatmap(np.eye(3)), viz.specialization_heatmap(_routed_run())):
+        for axis in (fig.layout.xaxis, fig.layout.yaxis):
+            assert axis.scaleanchor is None and axis.constrain is None

@@ -433,6 +433,16 @@ def test_cka_redraws_in_the_order_plotly_js_takes(sent_messages):
     assert len(explorer.cka_figure.data) == 0 and explorer.cka_figure.layout.xaxis.tickvals is None
     assert [a.text for a in explorer.cka_figure.layout.annotations] == [NO_EXPERTS]
 
+def test_a_layer_change_redraws_the_layer_explorers_heatmap_in_place(sent_messages, tokenizer):
+    # the heatmap replaced by another layer's, trace and layout in one message: drawn apart, plotly.js
+    # logged "ax.dtick error: Infinity" on every layer change
+    explorer = widgets.LayerExplorer(tiny_model("omoe"), tokenizer, EXAMPLES[:2], max_tokens=32)
+    cka = explorer.cka_figure.model_id
+    sent_messages[cka].clear()
+    explorer.layer.value = explorer.layer.options[0][1]
+    assert sent_messages[cka] == ["update"] and "L0 q_proj" in explorer.cka_figure.layout.title.text
+
+
 def test_replaying_a_cached_configuration_says_so_and_rings_it():
     explorer = explorer_with(FakeRuns())
     run_with(explorer, experts=2)

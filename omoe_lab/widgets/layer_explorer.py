@@ -19,7 +19,7 @@ from ..analysis import (
 from ..analysis.diversity import layer_diversity, off_diagonal_mean
 from ..experiments import RunConfig, RunResult
 from ..inject import adapter_layers, load_adapters
-from .live_figure import PANEL_WIDTH, LiveFigure, placeholder, side_by_side
+from .live_figure import PANEL_WIDTH, LiveFigure, placeholder, redraw, side_by_side
 from .readouts import LABEL_STYLE, error_text, layer_metrics_html
 
 
@@ -165,18 +165,18 @@ class LayerExplorer:
             row = self.analyse(name)
         except Exception as error:  # a capture failure is shown, not raised into the notebook
             self.status.value = f"<b>{html.escape(label)}</b>: capture failed: {error_text(error)}"
-            self.cka_plot.show(placeholder(f"CKA between experts, {label}", "capture failed"))
-            self.routing_plot.show(placeholder(f"Expert load per task, {label}", "capture failed"))
+            redraw(self.cka_plot, placeholder(f"CKA between experts, {label}", "capture failed"))
+            redraw(self.routing_plot, placeholder(f"Expert load per task, {label}", "capture failed"))
             return
         self.status.value = layer_metrics_html(row)
         if "cka" in row:
-            self.cka_plot.show(viz.set_title(viz.cka_heatmap(row["cka"]), f"Linear CKA between experts, {label}", model))
+            redraw(self.cka_plot, viz.set_title(viz.cka_heatmap(row["cka"]), f"Linear CKA between experts, {label}", model))
         else:
             reason = "a single expert: nothing to compare" if row["experts"] < 2 else "undefined here (see above)"
-            self.cka_plot.show(placeholder(f"CKA between experts, {label}", reason))
+            redraw(self.cka_plot, placeholder(f"CKA between experts, {label}", reason))
         if row.get("routing"):
             figure = viz.set_title(viz.routing_load_bars(pd.DataFrame(row["routing"])), f"Expert load per task, {label}",
                                    f"{model} · routing entropy / log E = {row['routing_entropy']:.2f}")
-            self.routing_plot.show(figure)
+            redraw(self.routing_plot, figure)
         else:
-            self.routing_plot.show(placeholder(f"Expert load per task, {label}", "LoRA has no router"))
+            redraw(self.routing_plot, placeholder(f"Expert load per task, {label}", "LoRA has no router"))

@@ -357,8 +357,9 @@ def _fit_panel_titles(fig: go.Figure) -> int:
 
 
 def set_title(fig: go.Figure, title: str, subtitle: str | None = None) -> go.Figure:
-    """The one way a figure here gets its title: one line in the layout and an optional smaller
-    ``subtitle`` under it (plotly's ``title.subtitle``), then ``fit_layout``. A title written the
+    """The one way a figure here gets its title: a line in the layout (wrapped only where wider than
+    the figure) and an optional smaller ``subtitle`` under it (plotly's ``title.subtitle``), then
+    ``fit_layout``. A title written the
     old way, ``"title<br><sub>more</sub>"``, has its second line moved into the subtitle: with it
     plotly.js drew the first line out of sight."""
     first, _, rest = str(title).partition("<br")
@@ -374,8 +375,7 @@ def fit_layout(fig: go.Figure, width: int | None = None, height: int | None = No
     width and the top margin holds them below the toolbar; axis titles wrap to their axis; the
     legend goes under the plot when it is long or the figure narrow; facet and subplot titles
     wrap to their panel. Call it again after resizing a figure: it starts from the unwrapped texts."""
-    if width is not None or height is not None:
-        fig.update_layout(width=width, height=height)
+    fig.update_layout({name: size for name, size in (("width", width), ("height", height)) if size is not None})
     room = (fig.layout.width or OUTPUT_AREA_WIDTH) - 2 * TEMPLATE.layout.title.pad.l
     title = wrap_text(fig.layout.title.text, room, TITLE_SIZE) if fig.layout.title.text else None
     subtitle = wrap_text(fig.layout.title.subtitle.text, room, SUBTITLE_SIZE) if fig.layout.title.subtitle.text else None
@@ -397,10 +397,11 @@ def _wrap_axis_titles(fig: go.Figure) -> None:
                 axis.title.text = wrap_text(axis.title.text, max(0.9 * (high - low) * length, 60))
 
 
-def _legend_entries(fig: go.Figure, legend: str = "legend") -> int:
-    # heatmaps (their colour bar is their legend) have no legend entry unless asked for one
+def _legend_entries(fig: go.Figure) -> int:
+    """Entries of the main legend (a second one, ``legend2``, places itself); heatmaps, whose
+    colour bar is their legend, have none unless asked for one."""
     return len({(t.legendgroup, t.name) for t in fig.data
-                if (getattr(t, "legend", None) or "legend") == legend and t.name
+                if (getattr(t, "legend", None) or "legend") == "legend" and t.name
                 and (t.showlegend or (t.showlegend is None and t.type != "heatmap"))})
 
 

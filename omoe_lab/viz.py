@@ -407,11 +407,13 @@ def _legend_entries(fig: go.Figure) -> int:
 
 def _place_legend(fig: go.Figure) -> None:
     """A long legend, or any legend of a narrow figure, goes under the plot (it wraps, and the
-    bottom margin grows to fit it) instead of a column that runs off the figure or is cut."""
+    bottom margin grows to fit it) instead of a column that runs off the figure or is cut. Its
+    title goes on top ('top': beside the entries, or at 'top left', plotly.js shifts them past the edge)."""
     entries = _legend_entries(fig)
     narrow = fig.layout.width is not None and fig.layout.width < NARROW_WIDTH
     if entries > LEGEND_MAX_ENTRIES or (narrow and entries):
-        fig.update_layout(legend=dict(orientation="h", x=0, xanchor="left", y=0, yref="container", yanchor="bottom"))
+        fig.update_layout(legend=dict(orientation="h", x=0, xanchor="left", y=0, yref="container", yanchor="bottom",
+                                      title_side="top"))
 
 
 def _finish(fig: go.Figure, title: str, legend_title: str | None = None) -> go.Figure:

@@ -877,6 +877,17 @@ def test_geometry_parallel_experts_make_the_later_one_redundant():
     assert torch.count_nonzero(geometry.drawn_q()[1]) == 0 and f"{sine:.2e} ≤ tol" in geometry.readout.value
 
 
+def test_geometry_view_is_not_end_on_to_any_starting_expert():
+    # the old view looked almost along e2 (8° off), which then drew as a stub
+    eye = torch.tensor([widgets.GEOMETRY_EYE[axis] for axis in "xyz"], dtype=torch.float64)
+    in_plane = ((-20.0, 0.0, 1.5), (35.0, 0.0, 1.0), (60.0, 0.0, 0.7))  # notebook 05's three experts
+    for azimuth, elevation, _ in (*widgets.GEOMETRY_START, *in_plane):
+        cosine = float(widgets.spherical_vector(azimuth, elevation, 1.0) @ eye / eye.norm())
+        assert np.degrees(np.arccos(abs(cosine))) >= 45
+    camera = widgets.GramSchmidtGeometry().figure.layout.scene.camera.eye
+    assert (camera.x, camera.y, camera.z) == tuple(widgets.GEOMETRY_EYE.values())
+
+
 def test_geometry_without_figurewidget_draws_static_figures(monkeypatch):
     def no_figure_widget(*args, **kwargs):
         raise ImportError("anywidget is not installed")

@@ -229,7 +229,7 @@ class RunConfig:
     def adapter_config(self, num_blocks: int) -> AdapterConfig:
         c = self.resolved()
         first = 0 if c.top_blocks is None else max(0, num_blocks - c.top_blocks)
-        rank = c.rank * c.num_experts if c.method == "lora" else c.rank
+        rank = adapter_rank(c)
         return AdapterConfig(
             method=c.method, num_experts=max(c.num_experts, 1), rank=rank, alpha=2 * rank, top_k=c.top_k,
             orthogonalize=c.orthogonalize or "stiefel", target_modules=list(c.target_modules),
@@ -258,13 +258,23 @@ class RunConfig:
             return "zero-shot"
         start = f", B ~ N(0, {c.b_init_std}²)" if c.b_init_std != DEFAULT_B_INIT_STD[c.method] else ""
         if c.method == "lora":
-            return f"LoRA r={c.rank * c.num_experts}{start}"
+            return f"LoRA r={adapter_rank(c)}{start}"
         routing = f"top-{c.top_k}" if c.top_k else "soft"
         name = {"moe": "MoE-LoRA", "omoe": f"OMoE ({c.orthogonalize})", "mixlora": "MixLoRA",
                 "omoe_mixlora": f"MixLoRA + OMoE ({c.orthogonalize})", "smora": "SMoRA (rank-1 experts)"}[c.method]
         extras = "".join([", shared expert" if c.shared_expert else "", f", +{c.null_experts} null" if c.null_experts else "",
                           f", orthogonality penalty {c.orthogonality_penalty:g}" if c.orthogonality_penalty else ""])
         return f"{name} E={c.num_experts} {routing}{extras}{start}"
+
+
+def adapter_rank(config: RunConfig | dict) -> int | None:
+    """The rank each adapter layer gets: ``rank`` (r) per expert for a mixture, E·r for LoRA, the
+    A/B budget of the E-expert mixtures it is compared with (``RunConfig``'s rule); None for
+    zero-shot or an unresolved rank. ``config``: a resolved ``RunConfig`` or a run's config dict."""
+    get = config.get if isinstance(config, dict) else lambda name: getattr(config, name)
+    if get("method") == "none" or get("rank") is None:
+        return None
+    return get("rank") * get("num_experts") if get("method") == "lora" else get("rank")
 
 
 @dataclass

@@ -379,14 +379,31 @@ def diversity_sentence(per_run: pd.DataFrame) -> str:
 
 
 def stiefel_sentence(checked: pd.DataFrame) -> str:
-    """Whether every checked layer (columns ``label``, ``layer``, ``block``, ``error``, ``tolerance``) is within tolerance."""
+    """Whether every checked layer (columns ``label``, ``layer``, ``block``, ``error``, ``tolerance``;
+    optional ``live``, the share of live experts: ``live_experts_sentence``) is within tolerance."""
     if checked.empty:
         return "No run used the \"stiefel\" mode, the one whose qᵢ must be orthonormal, so there is no tolerance to check against."
     failing = checked[checked["error"] > checked["tolerance"]]
     worst = checked.loc[checked["error"].idxmax()]
+    live = ""
+    if "live" in checked.columns:
+        layers = [f"{r.label} {layer_label(r.layer, r.block)}" for r in checked.itertuples()]
+        live = " " + live_experts_sentence(dict(zip(layers, checked["live"])))
     if failing.empty:
         return (f"All {len(checked)} checked layers are within tolerance: the worst error is {worst['error']:.2e} "
-                f"(tolerance {worst['tolerance']:.1e}).")
+                f"(tolerance {worst['tolerance']:.1e}).{live}")
     names = ", ".join(f"{r.label} {layer_label(r.layer, r.block)} ({r.error:.2e})" for r in failing.itertuples())
     return (f"{len(failing)} of {len(checked)} checked layers exceed the tolerance: {names}. "
-            "The Gram–Schmidt construction did not hold there.")
+            f"The Gram–Schmidt construction did not hold there.{live}")
+
+
+def live_experts_sentence(shares: dict[str, float]) -> str:
+    """How many experts kept a q of their own: ``shares`` maps a layer to the share of its
+    (token, expert) pairs whose q is not 0 (Gram–Schmidt sets a redundant expert's q to 0).
+    A share is at most 1, so the sentence says "every expert" or "at least" a share below 100 %."""
+    layers = "the one layer" if len(shares) == 1 else f"all {len(shares)} layers"
+    lowest = min(shares, key=shares.get)
+    if shares[lowest] >= 1:
+        return f"Every expert was live (none redundant, no q set to 0) on every token, in {layers}."
+    return (f"The share of live (non-redundant) experts was at least {format_percent(shares[lowest])} % (lowest in {lowest}); "
+            "the others had nothing of their own left after Gram–Schmidt and got q = 0.")

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from . import viz
-from .experiments import PROFILES, RunResult, results_table, summarize
+from .experiments import PROFILES, RunResult, adapter_rank, results_table, summarize
 from .findings import (
     compare_with_best_baseline, compare_with_zero_shot, diversity_sentence, first_run_per_label, format_p_value,
     paired_with_best_baseline, paired_with_zero_shot, random_start_control, runs_by_label, sample_size, stiefel_sentence,
@@ -228,8 +228,8 @@ def _diversity(results, series, control) -> dict:
     for label, run in first_run_per_label(results).items():
         top = top_layer([row for row in run.experts if row.get("cka")])
         if top is not None:
-            fig = viz.cka_heatmap(top["cka"], title=f"{label}<br>{viz.layer_label(top['layer'], top.get('block'))}")
-            heatmaps.append(fig.update_layout(width=400, height=380, margin=dict(l=70, r=20, t=80, b=50)))
+            fig = viz.set_title(viz.cka_heatmap(top["cka"]), label, viz.layer_label(top["layer"], top.get("block")))
+            heatmaps.append(viz.fit_layout(fig.update_layout(margin=dict(l=70, r=20, b=50)), width=400, height=380))
     return {
         "figure": figure, "finding": diversity_sentence(per_run), "per_run": per_run_table, "per_layer": per_layer_table,
         "single_expert": list(dict.fromkeys(frame.loc[frame["experts"] < 2, "label"])), "heatmaps": heatmaps,
@@ -270,7 +270,7 @@ def _tsne(results) -> dict:
     frame = pd.concat(frames, ignore_index=True)
     layers = ", ".join(dict.fromkeys(str(l) for l in frame["layer"])) if "layer" in frame.columns else "the top adapted layer"
     fig = viz.tsne_scatter(frame, facet_col="method", title="t-SNE of the top layer's expert outputs, coloured by expert")
-    return {"figure": fig.update_layout(height=460), "layers": layers}
+    return {"figure": viz.fit_layout(fig, height=460), "layers": layers}
 
 
 def _routing(results, series) -> dict:
@@ -284,15 +284,15 @@ def _routing(results, series) -> dict:
                           "routing_entropy": row["routing_entropy"]} for row in routed if row.get("routing_entropy") is not None]
         top = top_layer([row for row in run.experts if row.get("load_by_task")])
         if top is not None:  # the top layer only: one small map per run keeps the report small
-            fig = viz.specialization_heatmap(run, layer=top["layer"], title=f"{label}<br>{viz.layer_label(top['layer'], top.get('block'))}")
+            fig = viz.set_title(viz.specialization_heatmap(run, layer=top["layer"]), label, viz.layer_label(top["layer"], top.get("block")))
             tasks = len(top["load_by_task"])
-            specialization.append(fig.update_layout(width=460, height=160 + 34 * tasks, margin=dict(l=90, r=20, t=80, b=50)))
+            specialization.append(viz.fit_layout(fig.update_layout(margin=dict(l=90, r=20, b=50)), width=460, height=190 + 34 * tasks))
     data: dict[str, Any] = {"load": None, "entropy": None, "specialization": specialization, "load_truncated": False}
     if load_rows:
         loads = pd.DataFrame(load_rows)
         fig = viz.routing_load_bars(loads)
         methods = loads["method"].nunique()
-        data["load"] = fig.update_layout(height=300 * methods + 120 if methods > 1 else 420)
+        data["load"] = viz.fit_layout(fig, height=300 * methods + 120 if methods > 1 else 420)
         data["load_truncated"] = any(len([r for r in run.experts if r.get("load") is not None]) > MAX_LOAD_PANELS for run in results)
     if entropy_rows:
         data["entropy"] = viz.layer_measure_bars(
@@ -338,10 +338,19 @@ def _configuration(results, environment) -> dict:
     several_seeds = has_several_seeds(results)
     headers = [f"{r.label} (seed {r.config.get('seed')})" if several_seeds else r.label for r in results]
     keys = list(dict.fromkeys(k for r in results for k in r.config))
-    rows = [[key] + [format_value(r.config.get(key)) for r in results] for key in keys]
+    rows = [[key] + [_config_cell(r.config, key) for r in results] for key in keys]
     rows.append(["cache key"] + [r.key for r in results])
     return {"config": Table(["setting"] + headers, rows),
             "environment": Table(["", "value"], [[key, format_value(value)] for key, value in environment.items()])}
+
+
+def _config_cell(config: dict, key: str) -> str:
+    """A setting as the table shows it; LoRA's rank is the E·r its layers get (its label's r), not
+    the per-expert r its config records next to E."""
+    rank = adapter_rank(config)
+    if key == "rank" and config.get("method") == "lora" and rank != config.get("rank"):
+        return f"{rank} (E·r = {format_value(config.get('num_experts'))} × {format_value(config.get('rank'))})"
+    return format_value(config.get(key))
 
 
 # --- metrics.json ------------------------------------------------------------------------------

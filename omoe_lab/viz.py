@@ -2,15 +2,25 @@
 
 Every function takes plain data (a DataFrame or a matrix) or finished runs (``RunResult``, the
 runs of a ``metrics.json``, a sweep summary from ``results/``), returns a
-``plotly.graph_objects.Figure`` and never shows it. Expert i has the same colour in every
-figure (``expert_color``), and so does each method (``METHOD_COLORS``), so a reader can match
-a t-SNE cloud to its bar in the routing plot without reading legends. ``format_*`` print
-numbers the same way in the report's tables and the figures' hover text.
+``plotly.graph_objects.Figure`` and never shows it. The look is defined once, here:
+
+- colours: expert i has the same colour in every figure (``expert_color``), and so does each
+  method (``series_style``: LoRA, MoE-LoRA, OMoE, the random-start control, the variants,
+  zero-shot), read from a run's label or config, so a reader can match a t-SNE cloud to its
+  bar in the routing plot, or a run across the report, without reading legends;
+- titles: ``set_title`` (one line, and a smaller subtitle under it) and ``fit_layout`` (a top
+  margin that holds them below plotly's toolbar, axis titles wrapped to their axis, long or
+  narrow legends under the plot); every figure function ends with them, and a figure resized
+  later (a widget panel, the report's small maps) calls ``fit_layout`` again;
+- sizes: nothing wider than ``OUTPUT_AREA_WIDTH``; figures autosize unless a panel needs a size.
+
+``format_*`` print numbers the same way in the report's tables and the figures' hover text.
 """
 from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -24,29 +34,57 @@ EXPERT_COLORS = (
     "#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000",
     "#8C564B", "#7F7F7F",
 )
-METHOD_COLORS = {"lora": "#7F7F7F", "moe": "#D55E00", "omoe": "#0072B2"}
-METHOD_NAMES = {"lora": "LoRA", "moe": "MoE-LoRA", "omoe": "OMoE"}
+# One hue per method family (Okabe–Ito and Paul Tol's muted set, colour-blind safe). A family's
+# expert counts are shades of its hue (``series_style``).
+FAMILY_COLORS = {
+    "lora": "#009E73",
+    "moe": "#D55E00",
+    "omoe": "#0072B2",
+    "control": "#CC79A7",  # MoE-LoRA started from a random B, as OMoE starts
+    "mixlora": "#E69F00",
+    "omoe_mixlora": "#332288",
+    "shared_expert": "#8C564B",
+    "null_experts": "#999933",
+    "orthogonality_penalty": "#882255",
+    "zero_shot": "#7F7F7F",  # and every zero-shot baseline
+}
+# the families that are methods of RunConfig (``"none"`` is zero-shot)
+METHOD_COLORS = {**{m: FAMILY_COLORS[m] for m in ("lora", "moe", "omoe", "mixlora", "omoe_mixlora")},
+                 "none": FAMILY_COLORS["zero_shot"]}
+METHOD_NAMES = {"lora": "LoRA", "moe": "MoE-LoRA", "omoe": "OMoE", "mixlora": "MixLoRA", "omoe_mixlora": "MixLoRA + OMoE",
+                "none": "zero-shot"}
 # Tasks get colours from a palette distinct from the experts' so the two are never confused.
 TASK_COLORS = px.colors.qualitative.Set2 + px.colors.qualitative.Pastel1
-# Runs that are not a method's only label (E=2, E=4, the random-start control, ...): 30 distinct
-# hues without the methods' own, so a sweep's dozen lines never share a colour.
-SERIES_COLORS = tuple(
-    c for c in ("#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#F0E442", "#000000", *px.colors.qualitative.Dark24)
-    if c not in METHOD_COLORS.values()
-)
-# Past this many legend entries a vertical legend outgrows a report-sized figure: it goes under the plot.
+# Series no method explains (a name a caller made up): distinct hues without the families' own,
+# so a dozen such lines never share a colour.
+SERIES_COLORS = tuple(dict.fromkeys(
+    c.upper() for c in ("#56B4E9", "#000000", *px.colors.qualitative.Dark24, *px.colors.qualitative.Alphabet)
+    if c.upper() not in FAMILY_COLORS.values()
+))
+# More legend entries than this do not fit beside a report-sized figure: they go under the plot.
 LEGEND_MAX_ENTRIES = 10
+# px: the widest figure JupyterLab's output area shows without a scroll bar (the report's column
+# is wider); an autosized figure is taken to be this wide when its titles are fitted
+OUTPUT_AREA_WIDTH = 900
+# px: plotly's toolbar (the mode bar) sits in the top-right corner; titles start below it
+TOOLBAR_HEIGHT = 32
+DEFAULT_HEIGHT = 450  # plotly's, for a figure that sets none
+# a legend beside a figure narrower than this squeezes the plot or is cut: it goes under the plot
+NARROW_WIDTH = 600
 
+TITLE_SIZE, SUBTITLE_SIZE, FONT_SIZE = 16, 12, 13
 TEMPLATE = go.layout.Template(pio.templates["plotly_white"])
 TEMPLATE.layout.update(
-    font=dict(family="Inter, Helvetica, Arial, sans-serif", size=13, color="#222222"),
-    # anchored to the top of the figure and pushing the margin, so a two-line title never runs
-    # into the plot's own titles (top axis labels, facet and subplot titles)
-    title=dict(x=0.02, xanchor="left", y=1, yref="container", yanchor="top", pad=dict(t=14, b=14),
-               automargin=True, font=dict(size=16)),
+    font=dict(family="Inter, Helvetica, Arial, sans-serif", size=FONT_SIZE, color="#222222"),
+    # under the toolbar, in a top margin fit_layout sizes: plotly.js's automatic title margin
+    # draws a two-line title's first line out of sight and a subtitle over its title
+    title=dict(x=0, xref="container", xanchor="left", y=1, yref="container", yanchor="top",
+               pad=dict(t=TOOLBAR_HEIGHT, l=12), automargin=False, font=dict(size=TITLE_SIZE),
+               subtitle=dict(font=dict(size=SUBTITLE_SIZE, color="#555555"))),
     colorway=list(EXPERT_COLORS),
     legend=dict(title_font=dict(size=12), groupclick="toggleitem"),
-    margin=dict(l=70, r=30, t=70, b=60),
+    # t: room for a title and facet titles, for a figure that takes the template without fit_layout
+    margin=dict(l=70, r=30, t=96, b=60),
     hoverlabel=dict(font=dict(size=12)),
     xaxis=dict(automargin=True, title=dict(standoff=12)),
     yaxis=dict(automargin=True, title=dict(standoff=12)),
@@ -65,17 +103,130 @@ def expert_color(expert: int) -> str:
     return EXPERT_COLORS[int(expert) % len(EXPERT_COLORS)]
 
 
-def method_color(method: str, index: int = 0) -> str:
-    """The method's fixed colour; other series (run labels) take ``SERIES_COLORS`` by position."""
-    return METHOD_COLORS.get(method, SERIES_COLORS[index % len(SERIES_COLORS)])
+# --- one colour per method ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class SeriesStyle:
+    """How one series (a method, a run label, a sweep arm) is drawn in every figure."""
+
+    family: str | None  # a key of FAMILY_COLORS; None: no method this lab knows
+    color: str  # the family's hue, lighter for fewer experts and darker for more
+    dash: str = "solid"  # lines: fewer experts than BASE_EXPERTS dashed, more dotted, so coinciding lines stay visible
+    symbol: str = "circle"  # markers: square / diamond for the orthogonal / norm_preserving modes, open under top-k
+    pattern: str = ""  # bars: hatched under top-k routing
+
+
+BASE_EXPERTS = 4  # the expert count drawn in a family's own hue, solid
+# Families a label names although its config may not record them (a sweep arm keeps only the
+# method); the first match wins, so the variants and the control come before their base method.
+_FAMILY_IN_LABEL = (
+    ("orthogonality_penalty", re.compile(r"orthogonality penalty", re.I)),
+    ("shared_expert", re.compile(r"shared expert", re.I)),
+    ("null_experts", re.compile(r"\bnull\b", re.I)),
+    ("control", re.compile(r"\bcontrol\b|\brandom[- ](?:start|B)\b|MoE-LoRA\b.*\bB ~ N\(", re.I)),
+    ("omoe_mixlora", re.compile(r"MixLoRA \+ OMoE|\bomoe_mixlora\b", re.I)),
+    ("mixlora", re.compile(r"MixLoRA", re.I)),
+    ("omoe", re.compile(r"\bOMoE\b", re.I)),
+    ("moe", re.compile(r"\bMoE-LoRA\b|^moe$", re.I)),
+    ("lora", re.compile(r"\bLoRA\b", re.I)),
+    ("zero_shot", re.compile(r"zero-shot|baseline|majority|^none$|^(?:listed|cloze)/", re.I)),
+)
+_NAMED_ONLY_IN_LABELS = {"orthogonality_penalty", "shared_expert", "null_experts", "control"}
+_EXPERTS_IN_NAME = re.compile(r"\bE\s*=\s*(\d+)\b")
+_TOP_K_IN_NAME = re.compile(r"\btop-(?:\d+|p)\b")
+_MODE_IN_NAME = re.compile(r"\b(stiefel|orthogonal|norm_preserving)\b")
+
+
+def _config_family(config: Mapping) -> str | None:
+    method = config.get("method")
+    if config.get("orthogonality_penalty"):
+        return "orthogonality_penalty"
+    if config.get("shared_expert"):
+        return "shared_expert"
+    if config.get("null_experts"):
+        return "null_experts"
+    if method == "moe" and (config.get("b_init_std") or 0) > 0:
+        return "control"
+    if method == "none":
+        return "zero_shot"
+    return method if method in FAMILY_COLORS else None
+
+
+def _config_and_name(series) -> tuple[Mapping, str]:
+    """A series as (config, name): a name or method key, a config, a ``RunResult`` or a sweep arm."""
+    if isinstance(series, str):
+        return {}, series
+    config = _field(series, "config")
+    if config is None and isinstance(series, Mapping) and "method" in series:
+        return series, ""
+    return config or {}, str(_field(series, "run_label") or _field(series, "label") or "")
+
+
+def series_traits(series) -> tuple[str | None, int | None, bool, str | None]:
+    """``(family, experts, top_k, mode)`` of a series (see ``series_style``), from its config where
+    it has one and its name otherwise; a variant or the control is recognised from either."""
+    config, name = _config_and_name(series)
+    named = next((family for family, pattern in _FAMILY_IN_LABEL if pattern.search(name)), None)
+    configured = _config_family(config) if config else None
+    family = named if configured is None or named in _NAMED_ONLY_IN_LABELS else configured
+    experts = config.get("num_experts") if config.get("method") not in (None, "lora", "none") else None
+    if experts is None and family not in ("lora", "zero_shot"):
+        found = _EXPERTS_IN_NAME.search(name)
+        experts = int(found.group(1)) if found else None
+    top_k = bool(config.get("top_k") or config.get("top_p") or _TOP_K_IN_NAME.search(name))
+    mode = config.get("orthogonalize") if family in ("omoe", "omoe_mixlora") else None
+    if mode is None and family in ("omoe", "omoe_mixlora"):
+        found = _MODE_IN_NAME.search(name)
+        mode = found.group(1) if found else None
+    return family, int(experts) if experts else None, top_k, mode
+
+
+def _shade(color: str, experts: int | None) -> str:
+    """``color`` mixed with white for fewer than ``BASE_EXPERTS`` experts and black for more:
+    28 % a doubling, at most 60 %."""
+    if not experts or experts == BASE_EXPERTS:
+        return color
+    amount = max(-0.6, min(0.6, 0.28 * math.log2(experts / BASE_EXPERTS)))
+    target = 0 if amount > 0 else 255
+    channels = (int(color.lstrip("#")[i : i + 2], 16) for i in (0, 2, 4))
+    return "#" + "".join(f"{round(c + abs(amount) * (target - c)):02X}" for c in channels)
+
+
+def series_style(series, index: int = 0) -> SeriesStyle:
+    """The look of a series in every figure: its method family's hue (``FAMILY_COLORS``) shaded by
+    its expert count, dashed by it too, its marker by the orthogonalization mode, open (and bars
+    hatched) under top-k routing.
+
+    ``series``: a run label (``"MoE-LoRA E=8 top-2"``, ``"OMoE (stiefel) E=4 soft"``,
+    ``"LoRA r=16"``, ``"zero-shot (cloze/mean)"``), a method key (``"omoe"``), a config dict, a
+    ``RunResult`` or a sweep arm. A name no method explains takes ``SERIES_COLORS[index]``.
+    """
+    family, experts, top_k, mode = series_traits(series)
+    if family is None:
+        return SeriesStyle(None, SERIES_COLORS[index % len(SERIES_COLORS)])
+    dash = "solid" if experts in (None, BASE_EXPERTS) else "dash" if experts < BASE_EXPERTS else "dot"
+    symbol = {"orthogonal": "square", "norm_preserving": "diamond"}.get(mode, "circle") + ("-open" if top_k else "")
+    return SeriesStyle(family, _shade(FAMILY_COLORS[family], experts), dash, symbol, "/" if top_k else "")
+
+
+def series_styles(names: Iterable[str], described_by: Mapping[str, Any] | None = None) -> dict[str, SeriesStyle]:
+    """A style per name, in order: ``series_style`` of the name (or of ``described_by[name]``, a
+    config, run or arm that says more); names no method explains take the next fallback colour."""
+    styles, unexplained = {}, 0
+    for name in dict.fromkeys(names):
+        style = series_style((described_by or {}).get(name, name), unexplained)
+        unexplained += style.family is None
+        styles[name] = style
+    return styles
 
 
 def series_colors(names: Iterable[str]) -> dict[str, str]:
-    """A colour per series name in order: a method's key keeps its fixed colour, every other name
-    takes the next unused ``SERIES_COLORS`` hue (no two names share one below 30 names)."""
-    names = list(dict.fromkeys(names))
-    others = iter(SERIES_COLORS * (1 + len(names) // len(SERIES_COLORS)))
-    return {name: METHOD_COLORS[name] if name in METHOD_COLORS else next(others) for name in names}
+    """The colour of each name of ``series_styles``."""
+    return {name: style.color for name, style in series_styles(names).items()}
+
+
+def method_color(series, index: int = 0) -> str:
+    """The colour of one series (``series_style``): a method key, a run label, a config or an arm."""
+    return series_style(series, index).color
 
 
 MISSING = "—"  # what a table or a hover shows for a value that was not measured
@@ -100,17 +251,22 @@ def format_percent(fraction, digits: int = 1) -> str:
     return MISSING if _missing(fraction) else f"{100 * float(fraction):.{digits}f}"
 
 
+# float32 holds about 7 significant digits: 6 print a float32 sum of gates as 1, not 0.9999999403953552
+SIGNIFICANT_DIGITS = 6
+
+
 def format_value(value) -> str:
-    """Any setting or measured value as a table cell: missing as ``—``, whole numbers without a
-    decimal point (a count stored as ``4.0`` prints ``4``), lists comma-separated, others as ``str``."""
+    """Any setting or measured value as a table cell or a printed number: missing as ``—``, whole
+    numbers without a decimal point (a count stored as ``4.0`` prints ``4``), other floats to
+    ``SIGNIFICANT_DIGITS`` (float32 noise gone), lists comma-separated, others as ``str``."""
     if isinstance(value, (list, tuple)):
         return ", ".join(format_value(v) for v in value)
     if _missing(value):
         return MISSING
     if isinstance(value, (bool, np.bool_)):
         return str(bool(value))
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return str(int(value)) if float(value).is_integer() else f"{float(value):.{SIGNIFICANT_DIGITS}g}"
     if isinstance(value, np.generic):
         return str(value.item())
     return str(value)
@@ -134,30 +290,144 @@ def _require_columns(df: pd.DataFrame, columns, figure: str) -> None:
         raise ValueError(f"{figure}: the DataFrame is empty")
 
 
-def _finish(fig: go.Figure, title: str, legend_title: str | None = None) -> go.Figure:
-    fig.update_layout(template=TEMPLATE, title_text=title)
-    if legend_title is not None:
-        fig.update_layout(legend_title_text=legend_title)
+# --- titles, margins, legends: one layout -------------------------------------------------------
+_TAGS = re.compile(r"<[^>]+>")
+_BREAK = re.compile(r"\s*<br\s*/?>\s*", re.I)
+
+
+def text_width(text: str, size: float = FONT_SIZE) -> float:
+    """Rough width in px of one line of ``text`` (HTML tags not counted) in the template's sans-serif
+    font: 0.55 em a character, a little more than the average, so an estimate that fits does."""
+    return 0.55 * size * len(_TAGS.sub("", text))
+
+
+def wrap_text(text: str, width: float, size: float = FONT_SIZE) -> str:
+    """``text`` with ``<br>`` between words wherever a line would be wider than ``width`` px (a
+    word wider than that keeps its own line); line breaks already there are redone."""
+    lines: list[str] = []
+    for word in _BREAK.sub(" ", text).split():
+        if lines and text_width(f"{lines[-1]} {word}", size) <= width:
+            lines[-1] += f" {word}"
+        else:
+            lines.append(word)
+    return "<br>".join(lines)
+
+
+def _line_count(text: str | None) -> int:
+    return len(_BREAK.split(text)) if text else 0
+
+
+def top_margin(title: str | None, subtitle: str | None, on_plot: int = 0) -> int:
+    """px above the plot for plotly's toolbar, the title's lines, the subtitle's (plotly puts it
+    1.6 em under the title) and ``on_plot`` px of facet titles or a menu standing on the plot."""
+    height = TOOLBAR_HEIGHT + 12
+    if title:
+        height += 20 + 21 * (_line_count(title) - 1)
+    if subtitle:
+        height += 30 + 16 * (_line_count(subtitle) - 1)
+    return height + on_plot
+
+
+def _margin(fig: go.Figure, side: str) -> float:
+    value = fig.layout.margin[side]
+    return value if value is not None else TEMPLATE.layout.margin[side]
+
+
+def _panel_titles(fig: go.Figure) -> list:
+    """Facet and subplot titles: paper annotations standing, unrotated and without an arrow, on a panel."""
+    return [note for note in fig.layout.annotations
+            if note.xref in (None, "paper") and note.yref in (None, "paper") and note.yanchor == "bottom"
+            and not note.showarrow and note.textangle not in (90, -90) and note.text]
+
+
+def _fit_panel_titles(fig: go.Figure) -> int:
+    """Wrap facet and subplot titles to their panel's width; return the px that they, or a menu,
+    stand above the top of the plot (0: nothing does)."""
+    plot_width = (fig.layout.width or OUTPUT_AREA_WIDTH) - _margin(fig, "l") - _margin(fig, "r")
+    domains = [axis.domain or (0, 1) for axis in fig.select_xaxes()]
+    on_plot = 0
+    for note in _panel_titles(fig):
+        low, high = next(((low, high) for low, high in domains if low - 1e-6 <= (note.x or 0) <= high + 1e-6), (0, 1))
+        note.text = wrap_text(note.text, max((high - low) * plot_width, 60), note.font.size or FONT_SIZE)
+        if note.y is not None and note.y >= 1:
+            on_plot = max(on_plot, 10 + 16 * _line_count(note.text))
+    if any(menu.y is not None and menu.y >= 1 and menu.yanchor == "bottom" for menu in fig.layout.updatemenus):
+        on_plot = max(on_plot, 26)
+    return on_plot
+
+
+def set_title(fig: go.Figure, title: str, subtitle: str | None = None) -> go.Figure:
+    """The one way a figure here gets its title: a line in the layout (wrapped only where wider than
+    the figure) and an optional smaller ``subtitle`` under it (plotly's ``title.subtitle``), then
+    ``fit_layout``. A title written the
+    old way, ``"title<br><sub>more</sub>"``, has its second line moved into the subtitle: with it
+    plotly.js drew the first line out of sight."""
+    first, _, rest = str(title).partition("<br")
+    moved = _TAGS.sub("", "<br" + rest).strip() if rest else ""
+    subtitle = " · ".join(part for part in (moved, subtitle) if part) or None
+    fig.update_layout(title=dict(text=first.strip(), subtitle=dict(text=subtitle)))
+    return fit_layout(fig)
+
+
+def fit_layout(fig: go.Figure, width: int | None = None, height: int | None = None) -> go.Figure:
+    """Fit what depends on a figure's size, after sizing it to ``width`` × ``height`` (if given;
+    an autosized figure counts as ``OUTPUT_AREA_WIDTH`` wide): the title and subtitle wrap to the
+    width and the top margin holds them below the toolbar; axis titles wrap to their axis; the
+    legend goes under the plot when it is long or the figure narrow; facet and subplot titles
+    wrap to their panel. Call it again after resizing a figure: it starts from the unwrapped texts."""
+    fig.update_layout({name: size for name, size in (("width", width), ("height", height)) if size is not None})
+    room = (fig.layout.width or OUTPUT_AREA_WIDTH) - 2 * TEMPLATE.layout.title.pad.l
+    title = wrap_text(fig.layout.title.text, room, TITLE_SIZE) if fig.layout.title.text else None
+    subtitle = wrap_text(fig.layout.title.subtitle.text, room, SUBTITLE_SIZE) if fig.layout.title.subtitle.text else None
+    fig.update_layout(title=dict(text=title, subtitle=dict(text=subtitle)),
+                      margin=dict(t=top_margin(title, subtitle, _fit_panel_titles(fig))))
+    _wrap_axis_titles(fig)
     _place_legend(fig)
     return fig
 
 
+def _wrap_axis_titles(fig: go.Figure) -> None:
+    """Axis titles longer than their axis run into the figure's title: they wrap onto more lines."""
+    plot_width = (fig.layout.width or OUTPUT_AREA_WIDTH) - _margin(fig, "l") - _margin(fig, "r")
+    plot_height = (fig.layout.height or DEFAULT_HEIGHT) - _margin(fig, "t") - _margin(fig, "b")
+    for axes, length in ((fig.select_xaxes(), plot_width), (fig.select_yaxes(), plot_height)):
+        for axis in axes:
+            if axis.title.text:
+                low, high = axis.domain or (0, 1)
+                axis.title.text = wrap_text(axis.title.text, max(0.9 * (high - low) * length, 60))
+
+
 def _legend_entries(fig: go.Figure) -> int:
-    # heatmaps (their colour bar is their legend) have no legend entry unless asked for one
-    return len({t.legendgroup or t.name for t in fig.data
-                if t.name and (t.showlegend or (t.showlegend is None and t.type != "heatmap"))})
+    """Entries of the main legend (a second one, ``legend2``, places itself); heatmaps, whose
+    colour bar is their legend, have none unless asked for one."""
+    return len({(t.legendgroup, t.name) for t in fig.data
+                if (getattr(t, "legend", None) or "legend") == "legend" and t.name
+                and (t.showlegend or (t.showlegend is None and t.type != "heatmap"))})
 
 
 def _place_legend(fig: go.Figure) -> None:
-    """Many entries: a horizontal legend under the plot (it wraps, and the bottom margin grows to
-    fit it) instead of a column that runs off a report-sized figure."""
-    if _legend_entries(fig) > LEGEND_MAX_ENTRIES:
-        fig.update_layout(legend=dict(orientation="h", x=0, xanchor="left", y=0, yref="container", yanchor="bottom"))
+    """A long legend, or any legend of a narrow figure, goes under the plot (it wraps, and the
+    bottom margin grows to fit it) instead of a column that runs off the figure or is cut. Its
+    title goes on top ('top': beside the entries, or at 'top left', plotly.js shifts them past the edge)."""
+    entries = _legend_entries(fig)
+    narrow = fig.layout.width is not None and fig.layout.width < NARROW_WIDTH
+    if entries > LEGEND_MAX_ENTRIES or (narrow and entries):
+        fig.update_layout(legend=dict(orientation="h", x=0, xanchor="left", y=0, yref="container", yanchor="bottom",
+                                      title_side="top"))
+
+
+def _finish(fig: go.Figure, title: str, legend_title: str | None = None) -> go.Figure:
+    fig.update_layout(template=TEMPLATE)
+    if legend_title is not None:
+        fig.update_layout(legend_title_text=legend_title)
+    return set_title(fig, title)
 
 
 def _categorical_axis(values: list[str]) -> dict:
-    """Axis settings that list every category as its own tick: plotly's automatic ticks on a
-    category axis log ``ax.dtick error: Infinity`` when a heatmap replaces another in a widget."""
+    """Axis settings that list every category as its own tick. plotly.js still ticks a category
+    axis every range / (length / 15 px) categories, so such an axis must keep a length of its
+    own: tied to the other axis by ``scaleanchor``/``constrain``, it gets 0 px while that one is
+    empty or of another size (a heatmap replaced in a widget) and logs ``ax.dtick error: Infinity``."""
     return dict(type="category", tickmode="array", tickvals=values, ticktext=values, categoryorder="array", categoryarray=values)
 
 
@@ -236,7 +506,8 @@ def cka_heatmap(matrix, labels=None, title: str = "CKA between experts") -> go.F
     """Heatmap of an expert × expert similarity matrix on a fixed 0..1 colour scale, values printed.
 
     The scale is fixed so two heatmaps (e.g. MoE-LoRA vs OMoE) can be compared by colour; a
-    debiased CKA slightly below 0 shows as the lightest colour with its true value printed.
+    debiased CKA slightly below 0 shows as the lightest colour with its true value printed. The
+    cells are square when the figure is (no ``scaleanchor``: see ``_categorical_axis``).
     """
     z = np.asarray(matrix.detach().cpu() if hasattr(matrix, "detach") else matrix, dtype=float)
     if z.ndim != 2 or z.shape[0] != z.shape[1]:
@@ -249,8 +520,8 @@ def cka_heatmap(matrix, labels=None, title: str = "CKA between experts") -> go.F
         texttemplate="%{z:.2f}", hovertemplate="%{y} vs %{x}: %{z:.3f}<extra></extra>",
         colorbar=dict(title=dict(text="similarity")),
     ))
-    fig.update_yaxes(autorange="reversed", scaleanchor="x", constrain="domain", **_categorical_axis(labels))
-    fig.update_xaxes(constrain="domain", side="bottom", **_categorical_axis(labels))
+    fig.update_yaxes(autorange="reversed", **_categorical_axis(labels))
+    fig.update_xaxes(side="bottom", **_categorical_axis(labels))
     return _finish(fig, title)
 
 
@@ -299,7 +570,8 @@ def routing_entropy_bars(summary_df: pd.DataFrame) -> go.Figure:
     """Routing entropy per layer and task, normalized by log E (0 = one expert, 1 = uniform).
 
     Input: ``analysis.routing_summary`` (the entropy repeats per expert; one value per
-    (layer, task) is used). One panel per method when the summary holds several.
+    (layer, task) is used). One marker per layer and task, the tasks side by side at each layer
+    (a bar each is hair-thin past a few layers); one panel per method when the summary holds several.
     """
     _require_columns(summary_df, ["layer", "task", "entropy_normalized"], "routing_entropy_bars")
     frame, layer_order = _with_layer_labels(summary_df)
@@ -307,13 +579,15 @@ def routing_entropy_bars(summary_df: pd.DataFrame) -> go.Figure:
     frame = frame.drop_duplicates(keys)
     tasks = sorted(frame["task"].astype(str).unique())
     several_methods = "method" in frame.columns and frame["method"].nunique() > 1
-    fig = px.bar(
-        frame, x="layer_label", y="entropy_normalized", color="task", barmode="group",
+    fig = px.scatter(
+        frame, x="layer_label", y="entropy_normalized", color="task",
         facet_col="method" if several_methods else None,
         category_orders={"layer_label": layer_order, "task": tasks},
         color_discrete_map={t: TASK_COLORS[i % len(TASK_COLORS)] for i, t in enumerate(tasks)},
         hover_data={"entropy": ":.3f"} if "entropy" in frame.columns else None,
     )
+    fig.update_traces(marker=dict(size=8, line=dict(width=0.5, color="#444444")))
+    fig.update_layout(scattermode="group", scattergap=0.35)
     fig.update_yaxes(range=[0, 1.05], title_text=None)
     fig.update_yaxes(title_text="routing entropy / log E", col=1)
     fig.update_xaxes(title_text="adapter layer")
@@ -321,17 +595,53 @@ def routing_entropy_bars(summary_df: pd.DataFrame) -> go.Figure:
     return _finish(fig, "Routing entropy (1 = uniform over experts)", "task")
 
 
+def routing_entropy_over_training(runs, title: str = "Routing entropy during training (1 = uniform over experts)") -> go.Figure:
+    """Routing entropy / log E of every adapted layer at every recorded training step, one heatmap
+    per run label (layers in block order, the top block at the top; steps across): a colour scale
+    keeps any number of layers readable, where a line per layer would need a colour each.
+
+    ``runs``: ``RunResult``s (or their dicts) with ``routing`` rows as training records them
+    (``step``, ``layer``, ``normalized_entropy``); runs that recorded none (LoRA, zero-shot) are
+    left out, and runs sharing a label (seeds) are averaged.
+    """
+    rows = [{"label": _field(run, "label"), "step": row["step"], "layer": row["layer"], "entropy": row["normalized_entropy"]}
+            for run in runs for row in _field(run, "routing") or []]
+    if not rows:
+        raise ValueError("routing_entropy_over_training: no run recorded routing during training (LoRA has no router)")
+    from plotly.subplots import make_subplots
+
+    frame = pd.DataFrame(rows)
+    frame["block"] = frame["layer"].map(_block_of)
+    frame, order = _with_layer_labels(frame)
+    labels = list(dict.fromkeys(frame["label"]))
+    fig = make_subplots(rows=1, cols=len(labels), shared_yaxes=True, horizontal_spacing=0.04,
+                        subplot_titles=[str(label) for label in labels])
+    for col, label in enumerate(labels, start=1):
+        grid = frame[frame["label"] == label].pivot_table(index="layer_label", columns="step", values="entropy", aggfunc="mean")
+        grid = grid.reindex(order)
+        fig.add_trace(go.Heatmap(
+            z=grid.to_numpy(), x=grid.columns.tolist(), y=order, coloraxis="coloraxis", name=str(label),
+            hovertemplate=f"{label}<br>%{{y}}, step %{{x}}: %{{z:.3f}}<extra></extra>",
+        ), row=1, col=col)
+        fig.update_xaxes(title_text="optimizer step", row=1, col=col)
+    fig.update_yaxes(**_categorical_axis(order))
+    fig.update_layout(coloraxis=dict(cmin=0, cmax=1, colorscale="Viridis", colorbar=dict(title=dict(text="entropy<br>/ log E"))),
+                      height=min(900, 160 + 22 * len(order)))
+    return _finish(fig, title)
+
+
 # --- training and evaluation ---------------------------------------------------------------
 def training_curves(history_df: pd.DataFrame, title: str = "Training loss") -> go.Figure:
     """Loss against optimizer step, one line per method (and per seed / split when present).
 
-    Columns: ``step``, ``loss``, ``method``; optional ``split`` (train solid, anything else
-    dashed) and ``seed``. Colour = method, so repeated seeds read as one family.
+    Columns: ``step``, ``loss``, ``method`` (a method key or a run label: ``series_style``);
+    optional ``split`` (train in the method's own dash, anything else dashed) and ``seed``.
+    Colour = method, so repeated seeds read as one family.
     """
     _require_columns(history_df, ["step", "loss", "method"], "training_curves")
     group_keys = ["method"] + [k for k in ("split", "seed") if k in history_df.columns]
     fig = go.Figure()
-    methods = list(dict.fromkeys(history_df["method"]))
+    styles = series_styles(history_df["method"])
     shown = set()
     for keys, group in history_df.sort_values("step").groupby(group_keys, sort=False):
         values = dict(zip(group_keys, keys if isinstance(keys, tuple) else (keys,)))
@@ -341,7 +651,7 @@ def training_curves(history_df: pd.DataFrame, title: str = "Training loss") -> g
         fig.add_trace(go.Scatter(
             x=group["step"], y=group["loss"], mode="lines", name=name,
             legendgroup=name, showlegend=name not in shown,
-            line=dict(color=method_color(method, methods.index(method)), width=2, dash="solid" if split == "train" else "dash"),
+            line=dict(color=styles[method].color, width=2, dash=styles[method].dash if split == "train" else "dash"),
             hovertemplate=f"{name}" + (f" seed {values['seed']}" if "seed" in values else "") + "<br>step %{x}<br>loss %{y:.4f}<extra></extra>",
         ))
         shown.add(name)
@@ -367,24 +677,25 @@ def _check_fraction(df: pd.DataFrame, figure: str) -> None:
 def accuracy_by_task(df: pd.DataFrame, title: str = "Accuracy by task") -> go.Figure:
     """Grouped bars: accuracy (%) per task, one colour per method; one panel per protocol.
 
-    Columns: ``method``, ``task``, ``accuracy`` (a fraction), ``protocol``. Several rows per
+    Columns: ``method`` (a method key or a run label: ``series_style``), ``task``, ``accuracy``
+    (a fraction), ``protocol``. Several rows per
     (protocol, method, task) — seeds — are averaged, with error bars from their min to max.
     """
     _require_columns(df, ["method", "task", "accuracy", "protocol"], "accuracy_by_task")
     _check_fraction(df, "accuracy_by_task")
     stats = _seed_interval(df, ["protocol", "method", "task"])
     protocols = list(dict.fromkeys(stats["protocol"]))
-    methods = list(dict.fromkeys(stats["method"]))
+    styles = series_styles(stats["method"])
     fig = go.Figure() if len(protocols) == 1 else _facets(len(protocols), [f"protocol: {p}" for p in protocols])
     for p_index, protocol in enumerate(protocols):
-        for m_index, method in enumerate(methods):
+        for method, style in styles.items():
             rows = stats[(stats["protocol"] == protocol) & (stats["method"] == method)]
             if rows.empty:
                 continue
             with_interval = bool((rows["seeds"] > 1).any())
             trace = go.Bar(
                 x=rows["task"], y=100 * rows["mean"], name=method_label(method), legendgroup=method,
-                showlegend=p_index == 0, marker_color=method_color(method, m_index),
+                showlegend=p_index == 0, marker=dict(color=style.color, pattern_shape=style.pattern),
                 error_y=dict(type="data", symmetric=False, array=100 * (rows["high"] - rows["mean"]),
                              arrayminus=100 * (rows["mean"] - rows["low"]), visible=with_interval),
                 customdata=rows[["seeds"]].to_numpy(),
@@ -415,13 +726,12 @@ def accuracy_vs_experts(df: pd.DataFrame, title: str = "Accuracy against the num
     _require_columns(df, ["method", "num_experts", "accuracy", "seed"], "accuracy_vs_experts")
     _check_fraction(df, "accuracy_vs_experts")
     stats = _seed_interval(df, ["method", "num_experts"]).sort_values(["method", "num_experts"], kind="stable")
-    methods = list(dict.fromkeys(df["method"]))
     fig = go.Figure()
-    for index, method in enumerate(methods):
+    for method, style in series_styles(df["method"]).items():
         rows = stats[stats["method"] == method]
         fig.add_trace(go.Scatter(
             x=rows["num_experts"], y=100 * rows["mean"], mode="lines+markers", name=method_label(method),
-            line=dict(color=method_color(method, index), width=2), marker=dict(size=8),
+            line=dict(color=style.color, width=2, dash=style.dash), marker=dict(size=8, symbol=style.symbol),
             error_y=dict(type="data", symmetric=False, array=100 * (rows["high"] - rows["mean"]),
                          arrayminus=100 * (rows["mean"] - rows["low"])),
             customdata=rows[["seeds"]].to_numpy(),
@@ -445,15 +755,14 @@ def stiefel_error_by_layer(df: pd.DataFrame, tol: float | None = None, title: st
         raise ValueError("stiefel_error_by_layer: errors are norms and cannot be negative")
     numeric_layers = pd.api.types.is_numeric_dtype(df["layer"])
     frame = df.sort_values("layer") if numeric_layers else df
-    methods = list(dict.fromkeys(frame["method"]))
     fig = go.Figure()
-    for index, method in enumerate(methods):
+    for method, style in series_styles(frame["method"]).items():
         rows = frame[frame["method"] == method]
         fig.add_trace(go.Scatter(
             x=rows["layer"] if numeric_layers else rows["layer"].astype(str),
             y=np.maximum(rows["error"].to_numpy(dtype=float), LOG_FLOOR),
             mode="lines+markers", name=method_label(method),
-            line=dict(color=method_color(method, index), width=2), marker=dict(size=8),
+            line=dict(color=style.color, width=2, dash=style.dash), marker=dict(size=8, symbol=style.symbol),
             customdata=rows[["error"]].to_numpy(),
             hovertemplate=f"{method_label(method)}<br>layer %{{x}}<br>error %{{customdata[0]:.3g}}<extra></extra>",
         ))
@@ -481,16 +790,15 @@ def layer_measure_bars(frame: pd.DataFrame, measures: list[tuple[str, str]], tit
     _require_columns(frame, ["series", "layer", "block", *(m for m, _ in measures)], "layer_measure_bars")
     frame, order = _with_layer_labels(frame)
     means = frame.groupby(["series", "layer_label"], sort=False)[[m for m, _ in measures]].mean().reset_index()
-    names = list(dict.fromkeys(means["series"]))
-    colors = series_colors(names)
+    styles = series_styles(means["series"])
     fig = make_subplots(rows=len(measures), cols=1, shared_xaxes=True, vertical_spacing=0.14,
                         subplot_titles=[name for _, name in measures])
-    for name in names:
+    for name, style in styles.items():
         rows = means[means["series"] == name]
         for row, (measure, measure_name) in enumerate(measures, start=1):
             fig.add_trace(go.Bar(
                 x=rows["layer_label"], y=rows[measure], name=method_label(name), legendgroup=name,
-                showlegend=row == 1, marker_color=colors[name],
+                showlegend=row == 1, marker=dict(color=style.color, pattern_shape=style.pattern),
                 hovertemplate=f"{method_label(name)}<br>%{{x}}<br>{measure_name}: %{{y:.3f}}<extra></extra>",
             ), row=row, col=1)
     fig.update_xaxes(**_categorical_axis(order))
@@ -560,15 +868,10 @@ def _check_measure(measure: str, figure: str) -> None:
         raise ValueError(f"{figure}: unknown measure {measure!r}; choose one of {list(MEASURE_TITLES)}")
 
 
-def _label_colors(frame: pd.DataFrame) -> dict[str, str]:
-    """A method's colour for its only label, distinct series colours for labels that share a method."""
-    labels = list(dict.fromkeys(frame["label"]))
-    method_of = dict(zip(frame["label"], frame["method"]))
-    shared = {m for m in method_of.values() if sum(v == m for v in method_of.values()) > 1}
-    names = {label: method_of[label] if method_of[label] in METHOD_COLORS and method_of[label] not in shared else label
-             for label in labels}
-    colors = series_colors(names.values())
-    return {label: colors[names[label]] for label in labels}
+def _label_styles(frame: pd.DataFrame) -> dict[str, SeriesStyle]:
+    """The style of each run label, its method telling what the label alone does not."""
+    methods = dict(zip(frame["label"], frame["method"]))
+    return series_styles(methods, {label: {"label": label, "config": {"method": method}} for label, method in methods.items()})
 
 
 def _transparent(color: str, alpha: float) -> str:
@@ -591,20 +894,21 @@ def diversity_over_training(source, measure: str = "mean_cka", title: str | None
     if frame.empty:
         raise ValueError("diversity_over_training: no run recorded diversity over training "
                          "(mixture runs with RunConfig(diversity_every=K) do; LoRA has a single expert)")
-    colors = _label_colors(frame)
+    styles = _label_styles(frame)
     fig = go.Figure()
     for label, part in frame.groupby("label", sort=False):
         stats = part.groupby("step")[measure].agg(mean="mean", low="min", high="max", runs="count").reset_index()
-        color = colors[label]
+        style = styles[label]
         if (stats["runs"] > 1).any():
             fig.add_trace(go.Scatter(x=stats["step"], y=stats["high"], mode="lines", line=dict(width=0), legendgroup=label,
                                      showlegend=False, hoverinfo="skip", name=f"{label} max"))
             fig.add_trace(go.Scatter(x=stats["step"], y=stats["low"], mode="lines", line=dict(width=0), fill="tonexty",
-                                     fillcolor=_transparent(color, 0.18), legendgroup=label, showlegend=False,
+                                     fillcolor=_transparent(style.color, 0.18), legendgroup=label, showlegend=False,
                                      hoverinfo="skip", name=f"{label} min"))
         fig.add_trace(go.Scatter(
             x=stats["step"], y=stats["mean"], mode="lines+markers", name=str(label), legendgroup=label,
-            line=dict(color=color, width=2), marker=dict(size=6), customdata=stats[["runs"]].to_numpy(),
+            line=dict(color=style.color, width=2, dash=style.dash), marker=dict(size=6, symbol=style.symbol),
+            customdata=stats[["runs"]].to_numpy(),
             hovertemplate=f"{label}<br>step %{{x}}<br>{measure}: %{{y:.3f}}<br>runs: %{{customdata[0]}}<extra></extra>",
         ))
     fig.update_xaxes(title_text="optimizer step", **_whole_number_axis(frame["step"]))
@@ -639,11 +943,12 @@ def diversity_animation(source, measure: str = "mean_cka", title: str | None = N
     means = frame.groupby(["label", "step", "layer_label"], sort=False)[measure].mean()
     labels = list(dict.fromkeys(frame["label"]))
     steps = sorted(frame["step"].unique())
-    colors = _label_colors(frame)
+    styles = _label_styles(frame)
 
     def bars(step) -> list[go.Bar]:
         return [go.Bar(
-            x=order, y=[means.get((label, step, layer)) for layer in order], name=str(label), marker_color=colors[label],
+            x=order, y=[means.get((label, step, layer)) for layer in order], name=str(label),
+            marker=dict(color=styles[label].color, pattern_shape=styles[label].pattern),
             hovertemplate=f"{label}<br>%{{x}}<br>{measure}: %{{y:.3f}}<extra>step {step}</extra>",
         ) for label in labels]
 
@@ -767,19 +1072,19 @@ def cost_scaling(result, title: str = "Cost of one adapted layer (forward + back
     fig = make_subplots(rows=2, cols=len(sweeps), shared_xaxes="columns", vertical_spacing=0.12, horizontal_spacing=0.1,
                         subplot_titles=[_sweep_title(frame[frame["sweep"] == s].iloc[0], s) for s in sweeps]
                         + [""] * len(sweeps))
-    methods = list(dict.fromkeys(frame["method"]))
+    styles = series_styles(frame["method"])
     for col, sweep in enumerate(sweeps, start=1):
         x_column, x_title = _SWEEP_AXES[sweep]
         part = frame[frame["sweep"] == sweep].sort_values(x_column)
-        for index, method in enumerate(methods):
+        for method, style in styles.items():
             rows = part[part["method"] == method]
             if rows.empty:
                 continue
             for row, (value, unit) in enumerate((("ms", "ms"), ("saved_mib", "MiB")), start=1):
                 fig.add_trace(go.Scatter(
                     x=rows[x_column], y=rows[value], mode="lines+markers", name=method_label(method), legendgroup=method,
-                    showlegend=col == 1 and row == 1, line=dict(color=method_color(method, index), width=2),
-                    marker=dict(size=7),
+                    showlegend=col == 1 and row == 1, line=dict(color=style.color, width=2, dash=style.dash),
+                    marker=dict(size=7, symbol=style.symbol),
                     hovertemplate=f"{method_label(method)}<br>{x_column} %{{x}}: %{{y:.3g}} {unit}<extra></extra>",
                 ), row=row, col=col)
         ticks = sorted({int(v) for v in part[x_column]})

@@ -5,12 +5,14 @@ import re
 from html.parser import HTMLParser
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from omoe_lab import findings
+from omoe_lab import experiments, findings
 from omoe_lab.analysis.stats import wilson_interval
 from omoe_lab.experiments import RunResult, results_table, summarize
 from omoe_lab.report import SECTIONS, compare_with_zero_shot, environment_info, write_report
+from omoe_lab.report_content import build_report
 
 # What the report showed before its HTML moved to Jinja2 templates, rendered from ``_runs()`` by
 # the old renderer: ReportStructure(page).as_dict() with the arguments of the ``written`` fixture.
@@ -538,3 +540,29 @@ def test_diversity_over_training_and_routing_by_task_are_in_the_report(evidence)
     # over-training figures and a routing-by-task map per mixture
     assert structure["figures"] == 3 + 3 + 4 + 2 + 3
     assert metrics["runs"][2]["diversity"][0]["step"] == 5  # metrics.json keeps the curves for notebooks
+
+
+def test_the_configuration_table_gives_lora_the_rank_its_label_names():
+    # LoRA gets rank E·r, the A/B budget of the E-expert mixtures it is compared with: its label
+    # says r=16, and the table must not say the 4 of its config's per-expert rank alone
+    lora = _run("lora", "LoRA r=16", 0.45, experts=4)
+    assert lora.config["rank"] == 4 and experiments.adapter_rank(lora.config) == 16
+    assert experiments.RunConfig(method="lora", num_experts=4, rank=4).label() == "LoRA r=16"
+    assert experiments.adapter_rank(_run("omoe", "OMoE", 0.5).config) == 4  # a mixture's rank is per expert
+    report = build_report([lora, _run("omoe", "OMoE (stiefel) E=4 soft", 0.6)], title="t", notes=None, environment=ENVIRONMENT)
+    config = report.sections[-1].data["config"]
+    rank = next(row for row in config.rows if row[0] == "rank")
+    assert rank[1].startswith("16") and "4 × 4" in rank[1] and rank[2] == "4"
+
+
+def test_the_live_experts_sentence_never_says_more_than_all_of_them():
+    # notebook 01 printed "share of live experts 100% or more": a share cannot pass 100 %
+    every = findings.live_experts_sentence({"L28 q_proj": 1.0, "L29 q_proj": 1.0})
+    assert every == "Every expert was live (none redundant, no q set to 0) on every token, in all 2 layers."
+    some = findings.live_experts_sentence({"L28 q_proj": 1.0, "L29 q_proj": 0.875})
+    assert some.startswith("The share of live (non-redundant) experts was at least 87.5 % (lowest in L29 q_proj)")
+    assert "or more" not in every + some and "100" not in every
+    checked = [{"label": "OMoE", "layer": "model.layers.3.q_proj", "block": 3, "error": 1e-7, "tolerance": 4.8e-6, "live": 1.0}]
+    assert findings.stiefel_sentence(pd.DataFrame(checked)).endswith(
+        "within tolerance: the worst error is 1.00e-07 (tolerance 4.8e-06). Every expert was live (none redundant, "
+        "no q set to 0) on every token, in the one layer.")

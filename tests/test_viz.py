@@ -228,10 +228,67 @@ def test_a_long_legend_goes_under_the_plot_and_a_short_one_stays():
     assert curves(3).layout.legend.orientation is None
 
 
-def test_titles_push_the_margin_instead_of_overlapping_the_axes():
+def _curves() -> go.Figure:
+    return viz.training_curves(pd.DataFrame({"step": [1, 2], "loss": [2.0, 1.0], "method": ["omoe"] * 2}))
+
+
+def test_titles_sit_under_the_toolbar_in_a_top_margin_sized_for_them():
     title = viz.TEMPLATE.layout.title
-    assert title.automargin is True and title.yref == "container" and title.yanchor == "top"
+    # plotly.js's automatic title margin drew a two-line title's first line out of sight and a
+    # subtitle over its title: the margin is sized here instead, below plotly's toolbar
+    assert title.automargin is False and title.yref == "container" and title.yanchor == "top"
+    assert title.pad.t >= viz.TOOLBAR_HEIGHT
     assert viz.TEMPLATE.layout.xaxis.automargin is True and viz.TEMPLATE.layout.yaxis.title.standoff > 0
+    plain = _curves()
+    subtitled = viz.set_title(_curves(), "Training loss", "profile ci, seed 0")
+    faceted = viz.tsne_scatter(_embedding_frame(), facet_col="method")
+    assert plain.layout.margin.t == viz.top_margin("Training loss", None)
+    assert subtitled.layout.margin.t > plain.layout.margin.t and subtitled.layout.title.subtitle.text == "profile ci, seed 0"
+    assert faceted.layout.margin.t == viz.top_margin(faceted.layout.title.text, None, 26)  # facet titles stand on the plot
+    crowded = viz.fit_layout(viz.tsne_scatter(_embedding_frame().assign(method="OMoE (norm_preserving) E=8 top-2, shared expert"),
+                                              facet_col="method"), width=300)
+    assert "<br>" in crowded.layout.annotations[0].text and crowded.layout.margin.t > faceted.layout.margin.t
+    legacy = viz.cka_heatmap(np.eye(2), title="CKA, L3 q_proj<br><sub>OMoE E=2</sub>")
+    assert (legacy.layout.title.text, legacy.layout.title.subtitle.text) == ("CKA, L3 q_proj", "OMoE E=2")
+
+
+def test_long_titles_wrap_to_the_figure_and_refit_after_resizing():
+    fig = viz.set_title(_curves(), "Training loss " + "with a long explanation " * 6)
+    narrow = viz.fit_layout(fig, width=400)
+    lines = narrow.layout.title.text.split("<br>")
+    assert len(lines) > 2 and all(viz.text_width(line, viz.TITLE_SIZE) <= 400 for line in lines)
+    narrow_margin = narrow.layout.margin.t
+    wide = viz.fit_layout(narrow, width=900)
+    assert wide.layout.title.text.count("<br>") < len(lines) - 1 and wide.layout.margin.t < narrow_margin
+    assert wide.layout.title.text.replace("<br>", " ") == ("Training loss " + "with a long explanation " * 6).strip()
+    low = viz.fit_layout(viz.accuracy_vs_experts(pd.DataFrame({"method": ["omoe"], "num_experts": [2], "accuracy": [0.5], "seed": [0]})),
+                         height=300)
+    assert "<br>" in low.layout.yaxis.title.text  # longer than the 150-px-high plot: wrapped, not run into the title
+
+
+def test_each_method_has_one_look_read_from_its_label_or_config():
+    omoe = viz.series_style("omoe")
+    assert omoe == viz.series_style("OMoE (stiefel) E=4 soft") == viz.series_style({"method": "omoe", "num_experts": 4})
+    assert omoe.color == viz.FAMILY_COLORS["omoe"] and omoe.dash == "solid"
+    assert viz.series_style("LoRA r=16") == viz.series_style("lora") == viz.series_style({"method": "lora", "num_experts": 4})
+    assert viz.series_style("zero-shot (cloze/mean)").color == viz.series_style("none").color == viz.FAMILY_COLORS["zero_shot"]
+    # the expert counts of one method: shades of its hue and dashes, never the same line twice
+    moe = [viz.series_style(f"MoE-LoRA E={e} soft") for e in (1, 2, 4, 8, 16)]
+    assert {s.family for s in moe} == {"moe"} and len({s.color for s in moe}) == 5
+    assert [s.dash for s in moe] == ["dash", "dash", "solid", "dot", "dot"]
+    top2 = viz.series_style("MoE-LoRA E=8 top-2")
+    assert top2.color == moe[3].color and (top2.pattern, top2.symbol) == ("/", "circle-open") and moe[3].pattern == ""
+    assert viz.series_style("OMoE (norm_preserving)").symbol == "diamond"
+    # the random-start control and the variants have hues of their own, from a label or a config
+    control = viz.series_style("MoE-LoRA E=4 soft, B ~ N(0, 0.02²)")
+    assert control.family == "control" and control == viz.series_style({"method": "moe", "num_experts": 4, "b_init_std": 0.02})
+    assert viz.series_style({"method": "omoe", "b_init_std": 0.05, "label": "OMoE E=4 soft, B ~ N(0, 0.05²)"}).family == "omoe"
+    arm = {"label": "MoE-LoRA E=4 soft + shared expert", "config": {"method": "moe", "num_experts": 4, "b_init_std": 0.0}}
+    assert viz.series_style(arm).family == "shared_expert"
+    assert viz.series_style("MixLoRA E=8 top-2 (FFN experts)").family == "mixlora"
+    assert viz.series_style("MoE-LoRA E=4 soft, orthogonality penalty 0.1").family == "orthogonality_penalty"
+    assert len(set(viz.FAMILY_COLORS.values())) == len(viz.FAMILY_COLORS)
+    assert viz.series_style("run 3").family is None and viz.method_color("run 3", 2) == viz.SERIES_COLORS[2]
 
 
 def test_heatmap_axes_list_their_categories_so_plotly_computes_no_dtick():
@@ -398,3 +455,38 @@ def test_cost_scaling_one_line_per_method_in_each_of_four_panels_on_log_axes():
     assert "2,048 tokens" in fig.layout.annotations[0].text and "E = 4" in fig.layout.annotations[1].text
     with pytest.raises(ValueError, match="cost_scaling needs columns"):
         viz.cost_scaling({"rows": [dict(sweep="tokens", tokens=1)]})
+
+
+def test_routing_entropy_over_training_is_a_map_per_run_with_every_layer_and_no_legend():
+    def run(label, entropy):
+        return {"label": label, "routing": [{"step": step, "layer": f"model.layers.{block}.self_attn.q_proj",
+                                             "normalized_entropy": entropy + block / 100 + step / 1000}
+                                            for step in (2, 1) for block in (13, *range(13))]}
+
+    fig = viz.routing_entropy_over_training([run("MoE-LoRA E=4 soft", 0.5), run("OMoE (stiefel) E=4 soft", 0.8),
+                                             {"label": "LoRA r=16", "routing": []}])
+    assert [(t.type, t.name) for t in fig.data] == [("heatmap", "MoE-LoRA E=4 soft"), ("heatmap", "OMoE (stiefel) E=4 soft")]
+    moe = fig.data[0]
+    assert list(moe.y) == [f"L{block} q_proj" for block in range(14)] and list(moe.x) == [1, 2]  # blocks in order, steps sorted
+    assert np.asarray(moe.z)[13].tolist() == pytest.approx([0.5 + 0.13 + 0.001, 0.5 + 0.13 + 0.002])
+    assert (fig.layout.coloraxis.cmin, fig.layout.coloraxis.cmax) == (0, 1)
+    assert not any(t.showlegend for t in fig.data)  # fourteen layers, and no legend entry for any of them
+    with pytest.raises(ValueError, match="no run recorded routing"):
+        viz.routing_entropy_over_training([{"label": "LoRA r=16", "routing": []}])
+
+
+def test_float32_noise_prints_as_the_number_it_stands_for():
+    # gates summed in float32 give 0.9999999403953552 (notebook 00), and float32 0.1 is 0.10000000149011612
+    assert viz.format_value(0.9999999403953552) == "1"
+    assert viz.format_value(np.float32(0.1)) == "0.1" and viz.format_value(2e-4) == "0.0002" and viz.format_value(1e-7) == "1e-07"
+    assert viz.format_value([0.9999999403953552, 1.0000001192092896, 1.0]) == "1, 1, 1"
+    assert viz.format_value(0.123456789) == "0.123457" and viz.format_value(3.0) == "3"
+
+
+def test_heatmap_axes_take_no_length_from_each_other():
+    # plotly.js ticks a category axis every range / (length / 15 px) categories: an axis whose length
+    # scaleanchor/constrain derive from the other axis gets 0 px while that one is empty or of
+    # another size (a heatmap replaced in a widget), and logs "ax.dtick error: Infinity"
+    for fig in (viz.cka_heatmap(np.eye(3)), viz.specialization_heatmap(_routed_run())):
+        for axis in (fig.layout.xaxis, fig.layout.yaxis):
+            assert axis.scaleanchor is None and axis.constrain is None

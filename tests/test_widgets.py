@@ -38,10 +38,11 @@ def layer_cka(block: int, experts: int) -> list[list[float]]:
 class FakeRuns:
     """Stands in for ``experiments.run``: records the configs and returns hand-built results.
 
-    Accuracy: ``base[(method, E)] + 0.1 · seed``; ``fail`` raises instead.
+    Accuracy: ``base[(method, E)] + 0.1 · seed``; ``fail`` raises instead. LoRA, as in
+    ``experiments.run``, has no expert rows: one adapter per layer, nothing to compare.
     """
 
-    base = {("omoe", 2): 0.5, ("omoe", 4): 0.75, ("omoe", 3): 0.6, ("moe", 2): 0.25, ("moe", 3): 0.3, ("lora", 1): 0.4}
+    base = {("omoe", 2): 0.5, ("omoe", 4): 0.75, ("omoe", 3): 0.6, ("moe", 2): 0.25, ("moe", 3): 0.3, ("lora", 4): 0.4}
 
     def __init__(self, fail: str | None = None, accuracy: float | None = None):
         self.configs, self.fail, self.accuracy = [], fail, accuracy
@@ -55,7 +56,7 @@ class FakeRuns:
         experts_per_layer = c.num_experts
         accuracy = self.accuracy if self.accuracy is not None else self.base[(c.method, experts_per_layer)] + 0.1 * c.seed
         rows = []
-        for name in LAYERS:
+        for name in LAYERS if c.method != "lora" else ():
             block = int(name.split(".")[2])
             row = {"layer": name, "block": block, "method": c.method, "experts": experts_per_layer, "tokens": 6}
             if experts_per_layer > 1:
@@ -67,7 +68,7 @@ class FakeRuns:
             {"x": float(token + 10 * expert), "y": float(expert), "expert": expert, "token_row": token,
              "projection": "tsne", "task": "boolq", "layer": LAYERS[-1]}
             for token in range(3) for expert in range(experts_per_layer)
-        ] if experts_per_layer > 1 else []
+        ] if experts_per_layer > 1 and c.method != "lora" else []
         metrics = {"protocol": "label", "accuracy": accuracy, "per_task": {"boolq": accuracy}, "n": 20,
                    "n_per_task": {"boolq": 20}, "chance": 0.5}
         replay = config.key() in self.finished
@@ -177,23 +178,33 @@ def test_controls_enable_what_the_method_and_routing_use():
     config = explorer.config()
     assert (config.method, config.num_experts, config.top_k, config.orthogonalize) == ("moe", 2, 2, None)
 
-    explorer.method.value = "lora"
-    assert explorer.experts.disabled and explorer.routing.disabled and explorer.top_k.disabled and explorer.orthogonalize.disabled
+    explorer.method.value = "lora"  # E sets LoRA's budget, rank E·r; it has no routing
+    assert not explorer.experts.disabled and explorer.routing.disabled and explorer.top_k.disabled and explorer.orthogonalize.disabled
     config = explorer.config()
-    assert (config.method, config.num_experts, config.top_k, config.orthogonalize) == ("lora", 1, None, None)
+    assert (config.method, config.num_experts, config.top_k, config.orthogonalize) == ("lora", 2, None, None)
     explorer.method.value = "omoe"
     assert not explorer.experts.disabled and not explorer.top_k.disabled
 
 
-def test_lora_is_the_one_expert_reference():
-    explorer = explorer_with(FakeRuns())
-    run_with(explorer, method="lora")
-    run_with(explorer, experts=2)
-    lora = traces_by_name(explorer.accuracy_figure)["LoRA"]
-    assert list(lora.x) == [1] and list(lora.y) == pytest.approx([40.0])
-    run_with(explorer, method="lora")
+NO_EXPERTS = "LoRA: one adapter per layer, no experts to compare"
+
+
+def test_lora_has_the_budget_of_e_experts_as_the_reference_lora_has():
+    # the sweeps give LoRA rank E·r, the mixtures' A/B budget: a LoRA press must too, or a rank-4
+    # LoRA is drawn against the reference's rank-16 line
+    fake = FakeRuns()
+    explorer = explorer_with(fake, reference=sweep_summary())
+    run_with(explorer, method="lora", experts=4)
+    (config,) = fake.configs
+    reference = next(arm for arm in sweep_summary()["arms"] if arm["config"]["method"] == "lora")
+    assert experiments.adapter_rank(config.resolved()) == config.resolved().rank * reference["config"]["num_experts"]
+    assert config.label() == reference["run_label"] == "LoRA r=16"
+    lora = traces_by_name(explorer.accuracy_figure)["LoRA (rank E·r)"]
+    assert list(lora.x) == [4] and list(lora.y) == pytest.approx([40.0])
+    # it has adapted layers, and no experts: the panels say so
+    assert [a.text for a in explorer.cka_figure.layout.annotations] == [NO_EXPERTS]
     assert len(explorer.cka_figure.data) == 0 and len(explorer.tsne_figure.data) == 0
-    assert "single expert" in explorer.cka_figure.layout.annotations[0].text
+    assert "no experts" in explorer.tsne_figure.layout.annotations[0].text
 
 
 def test_a_failing_run_is_reported_not_raised():
@@ -364,7 +375,7 @@ def test_real_plots_carry_no_placeholder_text_in_the_browser(front_end):
         assert not layout.get("annotations"), f"{panel.figure.layout.title.text!r} still shows {layout['annotations']}"
         assert layout.get("xaxis", {}).get("visible") is not False  # the placeholder hid its axes
     run_with(explorer, method="lora")  # and back: a placeholder replaces a heatmap
-    assert [a["text"] for a in front_end(displayed_figure(explorer.cka_plot))["annotations"]] == ["a single expert: nothing to compare"]
+    assert [a["text"] for a in front_end(displayed_figure(explorer.cka_plot))["annotations"]] == [NO_EXPERTS]
     # redrawn in place: the page keeps one FigureWidget per panel (each new one sends it plotly.js again)
     assert [displayed_figure(panel) for panel in (explorer.accuracy_plot, explorer.cka_plot, explorer.tsne_plot)] == shown
 
@@ -420,7 +431,17 @@ def test_cka_redraws_in_the_order_plotly_js_takes(sent_messages):
     kinds = sent_messages[cka]
     assert "deleteTraces" in kinds and kinds.index("deleteTraces") > kinds.index("relayout")
     assert len(explorer.cka_figure.data) == 0 and explorer.cka_figure.layout.xaxis.tickvals is None
-    assert [a.text for a in explorer.cka_figure.layout.annotations] == ["a single expert: nothing to compare"]
+    assert [a.text for a in explorer.cka_figure.layout.annotations] == [NO_EXPERTS]
+
+def test_a_layer_change_redraws_the_layer_explorers_heatmap_in_place(sent_messages, tokenizer):
+    # the heatmap replaced by another layer's, trace and layout in one message: drawn apart, plotly.js
+    # logged "ax.dtick error: Infinity" on every layer change
+    explorer = widgets.LayerExplorer(tiny_model("omoe"), tokenizer, EXAMPLES[:2], max_tokens=32)
+    cka = explorer.cka_figure.model_id
+    sent_messages[cka].clear()
+    explorer.layer.value = explorer.layer.options[0][1]
+    assert sent_messages[cka] == ["update"] and "L0 q_proj" in explorer.cka_figure.layout.title.text
+
 
 def test_replaying_a_cached_configuration_says_so_and_rings_it():
     explorer = explorer_with(FakeRuns())
@@ -447,8 +468,8 @@ def test_replaying_a_cached_configuration_says_so_and_rings_it():
 
 
 def title_of(figure) -> str:
-    """A figure's title and subtitle, as one line."""
-    return f"{figure.layout.title.text} · {figure.layout.title.subtitle.text or ''}"
+    """A figure's title and subtitle, as one line (viz.fit_layout wraps them to the figure's width)."""
+    return f"{figure.layout.title.text} · {figure.layout.title.subtitle.text or ''}".replace("<br>", " ")
 
 
 def test_cka_and_tsne_titles_say_which_layer_and_why():
@@ -533,7 +554,9 @@ def test_reference_sweep_is_drawn_from_the_start_with_its_t_intervals():
     assert list(moe.error_y.array) == pytest.approx([5.0, 5.0]) and list(moe.error_y.arrayminus) == pytest.approx([5.0, 5.0])
     assert moe.line.dash == "dash" and moe.line.color == viz.METHOD_COLORS["moe"]
     assert traces["sweep · OMoE soft"].line.color == viz.METHOD_COLORS["omoe"]
-    assert traces["sweep · MoE-LoRA top-2"].line.color not in viz.METHOD_COLORS.values()
+    # top-2 is MoE-LoRA too: its hue, told apart by a dash-dot line; the control has its own hue
+    assert traces["sweep · MoE-LoRA top-2"].line.color == viz.METHOD_COLORS["moe"] and traces["sweep · MoE-LoRA top-2"].line.dash == "dashdot"
+    assert traces["sweep · MoE-LoRA soft, B ~ N(0, 0.02²) (control)"].line.color == viz.FAMILY_COLORS["control"]
     lora = traces["sweep · LoRA r=16 (E·r budget)"]
     assert list(lora.y) == pytest.approx([43.0, 43.0]) and lora.x[0] < 2 and lora.x[1] > 8  # across every E
     assert list(traces["sweep · zero-shot (cloze/mean)"].y) == pytest.approx([40.0, 40.0])
@@ -577,7 +600,7 @@ def test_reference_from_a_path_relative_to_the_repository(tmp_path, monkeypatch)
     explorer = explorer_with(FakeRuns(), reference=str(path))
     assert explorer.reference == sweep_summary() and str(path) in explorer.reference_note.value
     # a notebook runs in notebooks/: "results/..." is found from the repository root as well
-    monkeypatch.setattr(widgets, "repository_root", lambda: tmp_path)
+    monkeypatch.setattr(widgets.reference, "repository_root", lambda: tmp_path)  # where load_reference looks it up
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "sweep-real-quick.json").write_text(json.dumps(sweep_summary()))
     monkeypatch.chdir(tmp_path / "results")
@@ -667,7 +690,7 @@ def test_layer_explorer_shows_the_captured_similarity_and_routing(tokenizer, mon
         captures.append(kwargs["layers"])
         return real_capture(*args, **kwargs)
 
-    monkeypatch.setattr(widgets, "capture_experts", counting_capture)
+    monkeypatch.setattr(widgets.layer_explorer, "capture_experts", counting_capture)  # where LayerExplorer looks it up
     explorer = widgets.LayerExplorer(model, tokenizer, EXAMPLES, max_tokens=64)
     top = "model.layers.1.self_attn.v_proj"
     assert explorer.layer.value == top and len(explorer.layer.options) == 4
@@ -731,12 +754,12 @@ def test_layer_explorer_captures_the_scored_prompts_as_the_runs_do(tokenizer):
 def test_layer_explorer_says_which_model_it_shows(tokenizer):
     explorer = widgets.LayerExplorer(tiny_model("omoe"), tokenizer, EXAMPLES[:2], max_tokens=32)
     assert "OMoE (stiefel) E=3 soft" in explorer.heading.value
-    assert "OMoE (stiefel) E=3 soft" in explorer.cka_figure.layout.title.text
-    assert "OMoE (stiefel) E=3 soft" in explorer.routing_figure.layout.title.text
+    assert "OMoE (stiefel) E=3 soft" in title_of(explorer.cka_figure)
+    assert "OMoE (stiefel) E=3 soft" in title_of(explorer.routing_figure)
     moe = widgets.LayerExplorer(tiny_model("moe", top_k=2), tokenizer, EXAMPLES[:2], max_tokens=32)
     assert "MoE-LoRA E=3 top-2" in moe.heading.value
     named = widgets.LayerExplorer(tiny_model("omoe"), tokenizer, EXAMPLES[:2], max_tokens=32, label="my run")
-    assert "my run" in named.heading.value and "my run" in named.cka_figure.layout.title.text
+    assert "my run" in named.heading.value and "my run" in title_of(named.cka_figure)
 
 
 @pytest.mark.parametrize("mode", ["orthogonal", "norm_preserving"])
@@ -852,6 +875,17 @@ def test_geometry_parallel_experts_make_the_later_one_redundant():
     assert geometry.drawn_q()[1].norm() > 0 and f"{sine:.2e} > tol" in geometry.readout.value
     geometry.tol.value = 0.1
     assert torch.count_nonzero(geometry.drawn_q()[1]) == 0 and f"{sine:.2e} ≤ tol" in geometry.readout.value
+
+
+def test_geometry_view_is_not_end_on_to_any_starting_expert():
+    # the old view looked almost along e2 (8° off), which then drew as a stub
+    eye = torch.tensor([widgets.GEOMETRY_EYE[axis] for axis in "xyz"], dtype=torch.float64)
+    in_plane = ((-20.0, 0.0, 1.5), (35.0, 0.0, 1.0), (60.0, 0.0, 0.7))  # notebook 05's three experts
+    for azimuth, elevation, _ in (*widgets.GEOMETRY_START, *in_plane):
+        cosine = float(widgets.spherical_vector(azimuth, elevation, 1.0) @ eye / eye.norm())
+        assert np.degrees(np.arccos(abs(cosine))) >= 45
+    camera = widgets.GramSchmidtGeometry().figure.layout.scene.camera.eye
+    assert (camera.x, camera.y, camera.z) == tuple(widgets.GEOMETRY_EYE.values())
 
 
 def test_geometry_without_figurewidget_draws_static_figures(monkeypatch):

@@ -5,9 +5,10 @@ and an API reference made from each module's public names.
   ``omoe_lab_site-0.dist-info`` beside this file declares): a figure leaves the kernel as plotly
   JSON (``application/vnd.plotly.v1+json``), which myst-nb does not render; here it becomes a div
   that the site's own ``_static/plotly.min.js`` draws, interactive and with no CDN. An ipywidget
-  cannot run without a kernel, so its view becomes a note that says so and a static plotly
-  snapshot of the figures it held when the notebook finished (read from the widget state nbclient
-  saves); the widget state itself, and myst-nb's widget manager from a CDN, stay off the page.
+  with controls or figures cannot run without a kernel, so its view becomes a note that says so and
+  a static plotly snapshot of the figures it held when the notebook finished (read from the widget
+  state nbclient saves); one that only shows text (a tqdm progress bar) becomes the text it ended
+  with. The widget state itself, and myst-nb's widget manager from a CDN, stay off the page.
 - ``|x|`` in a docstring is an absolute value here (mean |cos|), never a reStructuredText
   substitution (the project defines none): ``escape_absolute_values`` escapes the bars.
 - ``public-api`` directive: ``automodule`` restricted to a module's public names: its ``__all__``,
@@ -19,6 +20,7 @@ from __future__ import annotations
 import base64
 import copy
 import functools
+import html
 import importlib
 import inspect
 import re
@@ -31,6 +33,9 @@ from sphinx.util.docutils import SphinxDirective
 
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 WIDGET_STATE_MIME = "application/vnd.jupyter.widget-state+json"
+# widgets that only show something: without any other (a control, a FigureWidget) a widget needs no kernel
+DISPLAY_ONLY = {"HBoxModel", "VBoxModel", "BoxModel", "GridBoxModel", "HTMLModel", "HTMLMathModel", "LabelModel",
+                "FloatProgressModel", "IntProgressModel", "OutputModel"}
 SNAPSHOT_NOTE = ("Interactive widget: it needs a running Jupyter kernel, so here it is a static snapshot of its "
                  "figures as the notebook left them. Open the notebook in JupyterLab to use its controls.")
 
@@ -45,31 +50,50 @@ def figure_html(figure: dict) -> str:
 
 def with_buffers(model: dict) -> dict:
     """A widget model's state with its binary buffers put back: plotly sends arrays as typed
-    buffers (``{"dtype", "shape", "buffer"}``), which nbclient saves beside the state, base64-encoded."""
+    buffers (``{"dtype", "shape", "buffer"}``), which nbclient saves beside the state, base64-encoded,
+    one per path ever sent. A path the final state no longer has (a message trait reset, a trace
+    removed) or holds something else at is stale, and skipped."""
     state = copy.deepcopy(model["state"])
     for buffer in model.get("buffers", []):
         *where, key, _ = buffer["path"]  # the path ends at the array spec's "buffer" key
-        parent = functools.reduce(lambda node, step: node[step], where, state)
-        spec = parent[key]
-        array = np.frombuffer(base64.b64decode(buffer["data"]), dtype=spec["dtype"])
-        parent[key] = array.reshape(spec.get("shape") or -1).tolist()
+        try:
+            parent = functools.reduce(lambda node, step: node[step], where, state)
+            spec = parent[key]
+        except (KeyError, IndexError, TypeError):
+            continue
+        if isinstance(spec, dict) and "dtype" in spec:
+            array = np.frombuffer(base64.b64decode(buffer["data"]), dtype=spec["dtype"])
+            parent[key] = array.reshape(spec.get("shape") or -1).tolist()
     return state
 
 
-def widget_figures(model_id: str, state: dict) -> list[dict]:
-    """Every plotly figure inside a widget, depth first: a FigureWidget's synced figure, or a
-    figure displayed in an Output widget."""
-    if model_id not in state:
+def widget_models(model_id: str, state: dict) -> list[dict]:
+    """A widget's model and those of every widget inside it, depth first (layouts and styles left out)."""
+    model = state.get(model_id)
+    if model is None or model["model_name"].endswith(("LayoutModel", "StyleModel")):
         return []
-    values = with_buffers(state[model_id])
+    found = [model]
+    for value in model["state"].values():
+        for ref in value if isinstance(value, list) else [value]:
+            if isinstance(ref, str) and ref.startswith("IPY_MODEL_"):
+                found += widget_models(ref.removeprefix("IPY_MODEL_"), state)
+    return found
+
+
+def model_figures(model: dict) -> list[dict]:
+    """The plotly figure of a FigureWidget (its synced state), or those an Output widget displays."""
+    values = with_buffers(model)
     if "_widget_data" in values:  # plotly's FigureWidget (anywidget, plotly >= 6)
         return [{"data": values["_widget_data"], "layout": values.get("_widget_layout") or {}}]
-    found = [output["data"][PLOTLY_MIME] for output in values.get("outputs", []) if PLOTLY_MIME in output.get("data", {})]
-    for value in values.values():
-        for ref in value if isinstance(value, list) else [value]:
-            if isinstance(ref, str) and ref.startswith("IPY_MODEL_") and ref != f"IPY_MODEL_{model_id}":
-                found += widget_figures(ref.removeprefix("IPY_MODEL_"), state)
-    return found
+    return [output["data"][PLOTLY_MIME] for output in values.get("outputs", []) if PLOTLY_MIME in output.get("data", {})]
+
+
+def model_text(model: dict) -> str:
+    """What a text widget (HTML, Label) or an Output widget's stream shows, as plain text."""
+    values = model["state"]
+    if model["model_name"] in ("HTMLModel", "HTMLMathModel", "LabelModel"):
+        return html.unescape(re.sub(r"<[^>]+>", "", values.get("value") or ""))
+    return "".join(output.get("text", "") for output in values.get("outputs", []) if output.get("output_type") == "stream")
 
 
 class SiteRenderer(NbElementRenderer):
@@ -82,11 +106,15 @@ class SiteRenderer(NbElementRenderer):
 
     def render_widget_view(self, data):
         widgets = self.renderer.nb_client.nb_metadata.get("widgets", {})
-        state = widgets.get(WIDGET_STATE_MIME, {}).get("state", {})
-        note = nodes.admonition("", nodes.title(text="Needs a kernel"), nodes.paragraph(text=SNAPSHOT_NOTE),
-                                classes=["note", "widget-snapshot"])
-        figures = widget_figures(data.content["model_id"], state)
-        return [note] + [nodes.raw(text=figure_html(f), format="html", classes=["output", "plotly"]) for f in figures]
+        models = widget_models(data.content["model_id"], widgets.get(WIDGET_STATE_MIME, {}).get("state", {}))
+        figures = [figure for model in models for figure in model_figures(model)]
+        if figures or any(model["model_name"] not in DISPLAY_ONLY for model in models):
+            note = nodes.admonition("", nodes.title(text="Needs a kernel"), nodes.paragraph(text=SNAPSHOT_NOTE),
+                                    classes=["note", "widget-snapshot"])
+            return [note] + [nodes.raw(text=figure_html(f), format="html", classes=["output", "plotly"]) for f in figures]
+        # nothing to interact with (a tqdm progress bar): the text it ended with
+        text = " ".join(filter(None, (model_text(model).strip() for model in models)))
+        return [nodes.literal_block(text, text, classes=["output", "text_plain"])] if text else []
 
     def render_nb_finalise(self, metadata):
         """Nothing: the base class would embed the widget state and load a widget manager from a CDN."""

@@ -55,7 +55,8 @@ class AdapterConfig:
                     projections of a gated MLP (gate_proj, up_proj, down_proj) are the ones each
                     FFN expert adapts, and every other selected linear (e.g. q/k/v/o_proj) gets a
                     plain LoRA of the same rank, as in the MixLoRA paper (all seven projections).
-    layers:         restrict to these transformer block indices (``None`` = all).
+    layers:         restrict to these transformer block indices
+                    (``None`` = all).
     top_k, top_p:   sparse routing (at most one of them); neither = soft routing. The FFN methods
                     take top_k or soft routing (top_p would make the number of expert evaluations
                     per token data-dependent). With null experts, top_k counts real + null slots.
@@ -79,7 +80,8 @@ class AdapterConfig:
                     1.49e-6 with the default float64 Gram, 3.45e-2 with a float32 one (MPS).
     load_balance_coef, router_z_coef: router auxiliary losses; ``None`` = 0.01 and 0.001 under
                     sparse routing, 0 under soft routing.
-    router_init_std: std of the router's normal init (0 = uniform gates at start).
+    router_init_std: std of the router's normal init
+                    (0 = uniform gates at start).
     b_init_std:     std of the normal init of ``lora_B``. ``None``: 0 for LoRA, MoE-LoRA and MixLoRA
                     (the adapter starts at zero), 0.02 for OMoE and omoe_mixlora (Gram–Schmidt needs
                     directions; their zero start comes from ``magnitude = 0``, OMOE_SPEC §4). The

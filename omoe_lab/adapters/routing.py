@@ -16,6 +16,7 @@ def routing_gates(
     - soft:  ``g = p`` and every expert is active;
     - top-k: keep the k largest ``p_i``, renormalize: ``g_i = p_i / Σ_{j∈topk} p_j``;
     - top-p: keep the smallest set of largest ``p_i`` whose mass reaches ``top_p``, renormalize.
+
     Unselected experts get ``g_i = 0`` and, since ``g`` is a masked product, zero gradient.
     """
     probs = torch.softmax(logits.float(), dim=-1)

@@ -1,8 +1,9 @@
 """The notebooks' exercises: every checker passes its reference solution, names the case a wrong
 answer fails with what was expected, what came back and a hint, lets an unsolved stub through
-with one line, and matches the exercise cells of notebooks 00–03 (run here without a kernel)."""
+with one line, and matches the exercise cells of notebooks 00–04 (run here without a kernel)."""
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -15,7 +16,7 @@ from omoe_lab import exercises
 from omoe_lab.exercises import CHECKERS, EXERCISES, SOLUTIONS_ENV, exercise, show_solution
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = {"0": "00_tour", "1": "01_collapse", "2": "02_gram_schmidt", "3": "03_lora_to_moe"}
+NOTEBOOKS = {"0": "00_tour", "1": "01_collapse", "2": "02_gram_schmidt", "3": "03_lora_to_moe", "4": "04_finetune_real"}
 
 
 # --- plausible wrong answers, and the case each must fail --------------------------------------
@@ -187,6 +188,28 @@ def balance_loss(per_token_fraction=False, scale_by_E=True, use_mask=True, detac
     return loss
 
 
+def permutation_variant(strict=False, one_sided=False, seeds="mean"):
+    """The exact question-level permutation p with one thing changed from the reference."""
+
+    def variant(correct_a, correct_b):
+        if seeds == "pairs":   # (seed, question) pairs as the units, seeds of a and b zipped
+            d = [b - a for seed_a, seed_b in zip(correct_a, correct_b) for a, b in zip(seed_a, seed_b)]
+        else:
+            scale_a, scale_b = (len(correct_a), len(correct_b)) if seeds == "mean" else (1, 1)
+            d = [sum(s[q] for s in correct_b) / scale_b - sum(s[q] for s in correct_a) / scale_a for q in range(len(correct_a[0]))]
+        observed = sum(d) if one_sided else abs(sum(d))
+        count = 0
+        for signs in itertools.product((1, -1), repeat=len(d)):
+            flipped = sum(s * x for s, x in zip(signs, d))
+            flipped = flipped if one_sided else abs(flipped)
+            count += flipped > observed + 1e-9 if strict else flipped >= observed - 1e-9
+        return count / 2 ** len(d)
+
+    variant.__name__ = "permutation" + ("_strict" if strict else "") + ("_one_sided" if one_sided else "") + (
+        "" if seeds == "mean" else f"_seeds_{seeds}")
+    return variant
+
+
 def mcnemar_one_sided(correct_a, correct_b):
     gained = sum(1 for a, b in zip(correct_a, correct_b) if b and not a)
     lost = sum(1 for a, b in zip(correct_a, correct_b) if a and not b)
@@ -251,6 +274,13 @@ WRONG_ANSWERS = [
     ("3.3", balance_loss(scale_by_E=False), "top-2 routing of 64 random tokens, E = 4", "expected: 1.0"),
     ("3.3", balance_loss(use_mask=False), "padding: the last 32 of 64 tokens have token_mask 0", "weight every token by its mask"),
     ("3.3", balance_loss(detach=True), "the gradient reaches the router through P only", "does not depend on probs"),
+    ("4.1", permutation_variant(strict=True), "every question's seed mean the same in a and b: d_q = 0, p = 1", "(≥, not >)"),
+    ("4.1", permutation_variant(one_sided=True), "b worse than a: one seed each, 9 questions, 6 lost and 1 gained (two-sided)",
+     "two-sided: compare |Σ_q s_q d_q|"),
+    ("4.1", permutation_variant(seeds="summed"), "3 seeds of b against one of a (an arm against the baseline), 10 questions",
+     "average each question's correctness over its seeds first"),
+    ("4.1", permutation_variant(seeds="pairs"), "3 seeds of b against one of a (an arm against the baseline), 10 questions",
+     "expected:"),
     ("4.2", mcnemar_one_sided, "200 questions, two scorers that disagree on some", "expected:"),
     ("4.2", mcnemar_uncapped, "an even split, 3 gained and 3 lost: p = 1", "cap p at 1"),
     ("5.1", mixture_with_one_magnitude, "OMoE, E = 4, r = 8: one magnitude per adapted layer", "not one per model"),
@@ -353,7 +383,7 @@ def test_the_solutions_module_has_no_stubs():
     assert "NotImplementedError" not in source
 
 
-# --- the exercise cells of notebooks 00–03 ------------------------------------------------------
+# --- the exercise cells of notebooks 00–04 ------------------------------------------------------
 
 def notebook_cells(number: str) -> list[dict]:
     path = ROOT / "notebooks" / f"{NOTEBOOKS[number.split('.')[0]]}.ipynb"
@@ -363,8 +393,8 @@ def notebook_cells(number: str) -> list[dict]:
 IN_NOTEBOOKS = sorted(n for n in EXERCISES if n.split(".")[0] in NOTEBOOKS)
 
 
-def test_notebooks_00_to_03_have_nine_exercises_or_more():
-    assert len(IN_NOTEBOOKS) >= 9
+def test_notebooks_00_to_04_have_eleven_exercises_or_more():
+    assert len(IN_NOTEBOOKS) >= 11
     assert all(2 <= sum(1 for n in IN_NOTEBOOKS if n.startswith(f"{k}.")) <= 3 for k in NOTEBOOKS)
 
 

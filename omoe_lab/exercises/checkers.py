@@ -17,7 +17,7 @@ from ..adapters.orthogonal import gram_schmidt
 from ..adapters.routing import load_balancing_loss, routing_gates
 from ..analysis.routing_stats import effective_rank
 from ..analysis.similarity import linear_cka, mean_pairwise_cosine
-from ..analysis.stats import paired_test
+from ..analysis.stats import paired_test, question_level_test
 from ..analysis.stiefel import default_stiefel_tolerance, stiefel_error
 from ..inject import trainable_parameters
 from . import solutions
@@ -33,6 +33,7 @@ GRAM_SCHMIDT = Exercise("2.2", "Gram–Schmidt, twice, with the redundancy thres
 MOE_LORA_FORWARD = Exercise("3.1", "a MoE-LoRA layer's forward pass", solutions.moe_lora_forward_by_hand)
 TOP_K_GATES = Exercise("3.2", "top-k gates", solutions.top_k_gates_by_hand)
 LOAD_BALANCING_LOSS = Exercise("3.3", "the Switch load-balancing loss", solutions.load_balancing_loss_by_hand)
+PERMUTATION_P = Exercise("4.1", "the question-level permutation test", solutions.permutation_p_by_hand)
 MCNEMAR_P = Exercise("4.2", "the exact McNemar test", solutions.mcnemar_p_by_hand)
 MIXTURE_PARAMETERS = Exercise("5.1", "trainable parameters as a function of E and r", solutions.mixture_parameters_by_hand)
 
@@ -469,6 +470,41 @@ def check_load_balancing_loss(fn: Callable) -> Callable:
 
 # --- 04_finetune_real and 05_how_many_experts ------------------------------------------------
 
+def library_permutation_p(correct_a, correct_b):
+    return question_level_test(correct_a, correct_b)["p"]
+
+
+def permutation_cases() -> list[Case]:
+    """At most 13 questions: ``question_level_test``'s 9,999 resamples then cover all 2^n sign flips,
+    so the library's p is exact, as the learner's enumeration is."""
+    b_three = (torch.rand(3, 10) < 0.7).int().tolist()
+    return [
+        Case("every question's seed mean the same in a and b: d_q = 0, p = 1",
+             ([[1, 0, 1, 0, 1], [0, 1, 1, 0, 0]], [[0, 1, 1, 0, 0], [1, 0, 1, 0, 1]]),
+             "count the sign flips at least as extreme, |Σ s_q d_q| ≥ |Σ d_q| (≥, not >): the observed flip is "
+             "always one of them, and here all 2^n tie with 0, so p = 1."),
+        Case("b worse than a: one seed each, 9 questions, 6 lost and 1 gained (two-sided)",
+             ([[1, 1, 1, 1, 1, 1, 0, 1, 0]], [[0, 0, 0, 0, 0, 0, 1, 1, 0]]),
+             "two-sided: compare |Σ_q s_q d_q| with |Σ_q d_q|, so a b worse than a is as unusual as a b better by as much."),
+        Case("3 seeds of b against one of a (an arm against the baseline), 10 questions", ([[0, 1, 0, 0, 1, 0, 1, 0, 0, 1]], b_three),
+             "average each question's correctness over its seeds first (b has 3, a has 1): d_q = mean_b(q) − mean_a(q). "
+             "The question is the unit, not the (seed, question) pair, and the seeds of a and b need not pair up."),
+        Case("2 seeds each, 12 questions: d_q in steps of ½",
+             ([[1, 0, 1, 1, 0, 0, 1, 0, 0, 1, 0, 0], [0, 0, 1, 1, 0, 1, 1, 0, 0, 0, 0, 1]],
+              [[1, 1, 1, 1, 0, 1, 1, 1, 0, 1, 1, 0], [1, 0, 1, 1, 1, 1, 1, 1, 0, 1, 0, 1]]),
+             "d_q = (b's seeds right on q)/2 − (a's seeds right on q)/2; flip the sign of each d_q, all 2^12 ways."),
+        Case("a single question: both flips are as extreme, p = 1", ([[0]], [[1]]),
+             "with n = 1 there are two flips, +d and −d, and both have |Σ| = |d|."),
+    ]
+
+
+def check_permutation_p(fn: Callable) -> Callable:
+    """Exercise 4.1: ``permutation_p_by_hand(correct_a, correct_b)`` against ``analysis.stats.question_level_test``
+    (exact at these sizes)."""
+    __tracebackhide__ = True
+    return PERMUTATION_P.check(fn, library_permutation_p, permutation_cases, close(atol=1e-12, rtol=1e-9))
+
+
 def library_mcnemar_p(correct_a, correct_b):
     return paired_test(correct_a, correct_b)["p"]
 
@@ -526,10 +562,11 @@ def check_mixture_parameters(fn: Callable) -> Callable:
 
 EXERCISES = {exercise.number: exercise for exercise in (
     LORA_FORWARD, ADAPTER_PARAMETERS, MEAN_ABS_COSINE, LINEAR_CKA, EFFECTIVE_RANK, STIEFEL_ERROR, GRAM_SCHMIDT,
-    MOE_LORA_FORWARD, TOP_K_GATES, LOAD_BALANCING_LOSS, MCNEMAR_P, MIXTURE_PARAMETERS,
+    MOE_LORA_FORWARD, TOP_K_GATES, LOAD_BALANCING_LOSS, PERMUTATION_P, MCNEMAR_P, MIXTURE_PARAMETERS,
 )}
 CHECKERS = {
     "0.1": check_lora_forward, "0.2": check_adapter_parameters, "1.1": check_mean_abs_cosine, "1.2": check_linear_cka,
     "1.3": check_effective_rank, "2.1": check_stiefel_error, "2.2": check_gram_schmidt, "3.1": check_moe_lora_forward,
-    "3.2": check_top_k_gates, "3.3": check_load_balancing_loss, "4.2": check_mcnemar_p, "5.1": check_mixture_parameters,
+    "3.2": check_top_k_gates, "3.3": check_load_balancing_loss, "4.1": check_permutation_p,
+    "4.2": check_mcnemar_p, "5.1": check_mixture_parameters,
 }

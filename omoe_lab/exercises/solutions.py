@@ -149,7 +149,7 @@ def mcnemar_p_by_hand(correct_a, correct_b):
     return min(1.0, 2 * tail)
 
 
-# --- 05_how_many_experts (its notebook cell comes in a later round) ----------------------
+# --- 05_how_many_experts -------------------------------------------------------------------
 
 def mixture_parameters_by_hand(layer_shapes, method, num_experts, rank):
     """Exercise 5.1: trainable parameters over adapted linears of shapes [(d_in, d_out), ...]."""
@@ -159,3 +159,11 @@ def mixture_parameters_by_hand(layer_shapes, method, num_experts, rank):
         return rank * (sum_in + sum_out)
     magnitudes = len(layer_shapes) if method == "omoe" else 0   # one per adapted layer
     return num_experts * (rank * (sum_in + sum_out) + sum_in) + magnitudes
+
+
+def merged_delta_w_by_hand(lora_A, lora_B, token_weights, scaling):
+    """Exercise 5.2: the mixture merged into one LoRA of rank E·r, ``ΔW = s Σ_j w̄_j B_j A_j`` [d_out, d_in],
+    with ``w̄`` the mean over the N tokens of ``token_weights`` [N, E]; A [E, r, d_in], B [E, d_out, r]."""
+    mean_weights = token_weights.mean(dim=0)                 # w̄_j: average over the tokens, not the experts
+    products = lora_B @ lora_A                               # B_j A_j for every expert    [E, d_out, d_in]
+    return scaling * (mean_weights[:, None, None] * products).sum(dim=0)

@@ -3,8 +3,9 @@
 JupyterLab starts on 127.0.0.1 with a token (the ``ci`` profile and the notebook tests' shared run
 cache in its environment, so the run the explorer trains here is the one nbval replays, and the
 other way round). Chromium opens a copy of ``notebooks/05_how_many_experts.ipynb`` (autosave
-writes outputs into it, never into the repository), runs it with Run → Run All Cells, presses the
-explorer's Run button, moves the expert slider and runs again, and moves a slider of the
+writes outputs into it, never into the repository), runs it with Run → Run All Cells (exercises
+unsolved: "not yet solved"), types exercise 5.1 into its cell wrongly (the checker's hint appears)
+and then rightly (its pass line appears), presses the explorer's Run button, moves the expert slider and runs again, and moves a slider of the
 Gram–Schmidt geometry widget. Everything asserted is read from the page: the plots' SVG and the
 figures plotly.js holds on their graph divs, the widgets' text. A page reload must show the same
 figures; no "no run(s) yet" placeholder may remain once a run is drawn; a JavaScript error in the
@@ -58,6 +59,16 @@ PLACEHOLDERS = ("no runs yet", "no run yet")
 ALLOWED_CONSOLE_ERRORS: tuple[tuple[str, str], ...] = ()
 RUN_TIMEOUT_S = 900  # one training under ci: about a minute on 2 quiet cores, several on a busy machine
 NOTEBOOK_TIMEOUT_S = 600
+# exercise 5.1, typed by the test: its cell (found by the stub's decorator), a plausible wrong answer (no router
+# parameters) and the right one; the checker's wording is tested in tests/test_exercises.py
+EXERCISE_STUB = '@exercise("5.1")'
+_EXERCISE_HEAD = ('@exercise("5.1")\ndef mixture_parameters_by_hand(layer_shapes, method, num_experts, rank):\n'
+                  '    sum_in = sum(d_in for d_in, _ in layer_shapes)\n    sum_out = sum(d_out for _, d_out in layer_shapes)\n')
+_EXERCISE_CHECK = "\n\nmixture_parameters_by_hand = check_mixture_parameters(mixture_parameters_by_hand)\n"
+EXERCISE_WRONG = _EXERCISE_HEAD + "    return num_experts * rank * (sum_in + sum_out)" + _EXERCISE_CHECK
+EXERCISE_RIGHT = (_EXERCISE_HEAD + '    if method == "lora":\n        return rank * (sum_in + sum_out)\n'
+                  '    magnitudes = len(layer_shapes) if method == "omoe" else 0\n'
+                  "    return num_experts * (rank * (sum_in + sum_out) + sum_in) + magnitudes" + _EXERCISE_CHECK)
 
 
 def missing() -> str | None:
@@ -113,6 +124,7 @@ def jupyter_lab(browser_ready, tmp_path, tmp_path_factory):
                {"windowingMode": "none", "autoStartDefaultKernel": True})
     token, port = secrets.token_hex(16), free_port()
     env = notebook_environment(shared_runs(tmp_path_factory)) | {
+        "OMOE_LAB_SOLUTIONS": "0",  # the exercise is left to the learner (the test types it)
         "JUPYTER_CONFIG_DIR": str(config), "JUPYTERLAB_SETTINGS_DIR": str(settings),
         "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "lab-workspaces"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "jupyter-runtime"),
         "IPYTHONDIR": str(tmp_path / "ipython"),
@@ -297,6 +309,23 @@ def test_a_learner_runs_notebook_05_in_jupyterlab(jupyter_lab):
             state = wait_until(finished, NOTEBOOK_TIMEOUT_S, "Run All Cells to finish", page)
             assert not state["errors"], f"a cell failed:\n{state['errors'][0]}"
             timings["run all"] = time.monotonic() - started
+
+            # Exercise 5.1 as a learner meets it (the server runs with solutions off): "not yet solved" after Run All;
+            # then typed into its cell, first wrongly (the checker's case and hint appear), then rightly (the pass line)
+            phase[0] = "exercise 5.1"
+            assert "not yet solved: Exercise 5.1" in outputs_text(page), "Run All did not show exercise 5.1 as not yet solved"
+            exercise_cell = page.locator(".jp-CodeCell", has_text=EXERCISE_STUB).first
+            for answer, expected in ((EXERCISE_WRONG, "hint:"), (EXERCISE_RIGHT, "✓ Exercise 5.1")):
+                exercise_cell.locator(".cm-content").click()
+                page.keyboard.press("Control+a")
+                page.keyboard.insert_text(answer)
+                page.keyboard.press("Shift+Enter")
+                output = exercise_cell.locator(".jp-OutputArea")
+                wait_until(lambda: expected in output.inner_text(), 60, f"exercise 5.1 to print {expected!r}", page)
+            assert "fails" not in output.inner_text()  # the right answer's output replaced the wrong one's
+            exercise_cell.scroll_into_view_if_needed()
+            shot(exercise_cell, "0-exercise-5.1-solved")
+            timings["exercise"] = time.monotonic() - started
 
             run_button = page.locator("button.jupyter-button", has_text=re.compile(r"^\s*Run\s*$"))
             assert run_button.count() == 1

@@ -1,8 +1,9 @@
 """The notebooks' exercises: every checker passes its reference solution, names the case a wrong
 answer fails with what was expected, what came back and a hint, lets an unsolved stub through
-with one line, and matches the exercise cells of notebooks 00–03 (run here without a kernel)."""
+with one line, and matches the exercise cells of notebooks 00–05 (run here without a kernel)."""
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -15,7 +16,8 @@ from omoe_lab import exercises
 from omoe_lab.exercises import CHECKERS, EXERCISES, SOLUTIONS_ENV, exercise, show_solution
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = {"0": "00_tour", "1": "01_collapse", "2": "02_gram_schmidt", "3": "03_lora_to_moe"}
+NOTEBOOKS = {"0": "00_tour", "1": "01_collapse", "2": "02_gram_schmidt", "3": "03_lora_to_moe", "4": "04_finetune_real",
+             "5": "05_how_many_experts"}
 
 
 # --- plausible wrong answers, and the case each must fail --------------------------------------
@@ -187,6 +189,28 @@ def balance_loss(per_token_fraction=False, scale_by_E=True, use_mask=True, detac
     return loss
 
 
+def permutation_variant(strict=False, one_sided=False, seeds="mean"):
+    """The exact question-level permutation p with one thing changed from the reference."""
+
+    def variant(correct_a, correct_b):
+        if seeds == "pairs":   # (seed, question) pairs as the units, seeds of a and b zipped
+            d = [b - a for seed_a, seed_b in zip(correct_a, correct_b) for a, b in zip(seed_a, seed_b)]
+        else:
+            scale_a, scale_b = (len(correct_a), len(correct_b)) if seeds == "mean" else (1, 1)
+            d = [sum(s[q] for s in correct_b) / scale_b - sum(s[q] for s in correct_a) / scale_a for q in range(len(correct_a[0]))]
+        observed = sum(d) if one_sided else abs(sum(d))
+        count = 0
+        for signs in itertools.product((1, -1), repeat=len(d)):
+            flipped = sum(s * x for s, x in zip(signs, d))
+            flipped = flipped if one_sided else abs(flipped)
+            count += flipped > observed + 1e-9 if strict else flipped >= observed - 1e-9
+        return count / 2 ** len(d)
+
+    variant.__name__ = "permutation" + ("_strict" if strict else "") + ("_one_sided" if one_sided else "") + (
+        "" if seeds == "mean" else f"_seeds_{seeds}")
+    return variant
+
+
 def mcnemar_one_sided(correct_a, correct_b):
     gained = sum(1 for a, b in zip(correct_a, correct_b) if b and not a)
     lost = sum(1 for a, b in zip(correct_a, correct_b) if a and not b)
@@ -212,7 +236,36 @@ def mixture_router_by_d_out(layer_shapes, method, num_experts, rank):
     return num_experts * (rank * (sum_in + sum_out) + sum_out) + (method == "omoe") * len(layer_shapes)
 
 
+def merged_summing_over_tokens(lora_A, lora_B, token_weights, scaling):
+    return scaling * torch.einsum("j,jor,jrd->od", token_weights.sum(dim=0), lora_B, lora_A)
+
+
+def merged_without_scaling(lora_A, lora_B, token_weights, scaling):
+    return torch.einsum("j,jor,jrd->od", token_weights.mean(dim=0), lora_B, lora_A)
+
+
+def merged_A_times_B(lora_A, lora_B, token_weights, scaling):
+    return scaling * (token_weights.mean(dim=0)[:, None, None] * (lora_A @ lora_B)).sum(dim=0)
+
+
+def merged_transposed(lora_A, lora_B, token_weights, scaling):
+    return scaling * (token_weights.mean(dim=0)[:, None, None] * (lora_A.mT @ lora_B.mT)).sum(dim=0)
+
+
+def merged_averaging_over_experts(lora_A, lora_B, token_weights, scaling):
+    return scaling * torch.einsum("j,jor,jrd->od", token_weights.mean(dim=-1), lora_B, lora_A)
+
+
+def merged_with_one_mean_weight(lora_A, lora_B, token_weights, scaling):
+    return scaling * token_weights.mean() * (lora_B @ lora_A).sum(dim=0)
+
+
+def merged_in_float32(lora_A, lora_B, token_weights, scaling):
+    return scaling * torch.einsum("j,jor,jrd->od", token_weights.float().mean(dim=0), lora_B.float(), lora_A.float())
+
+
 NEAR_PARALLEL = "nearly parallel experts, e_k = c + 1e-3·δ_k (float32): orthonormal to 4.8e-06"
+MERGE_CONSTANT = "weights constant over the 8 tokens: the merged layer equals the mixture on every token"
 
 # (exercise, wrong answer, the case that catches it, a piece of the message)
 WRONG_ANSWERS = [
@@ -251,10 +304,24 @@ WRONG_ANSWERS = [
     ("3.3", balance_loss(scale_by_E=False), "top-2 routing of 64 random tokens, E = 4", "expected: 1.0"),
     ("3.3", balance_loss(use_mask=False), "padding: the last 32 of 64 tokens have token_mask 0", "weight every token by its mask"),
     ("3.3", balance_loss(detach=True), "the gradient reaches the router through P only", "does not depend on probs"),
+    ("4.1", permutation_variant(strict=True), "every question's seed mean the same in a and b: d_q = 0, p = 1", "(≥, not >)"),
+    ("4.1", permutation_variant(one_sided=True), "b worse than a: one seed each, 9 questions, 6 lost and 1 gained (two-sided)",
+     "two-sided: compare |Σ_q s_q d_q|"),
+    ("4.1", permutation_variant(seeds="summed"), "3 seeds of b against one of a (an arm against the baseline), 10 questions",
+     "average each question's correctness over its seeds first"),
+    ("4.1", permutation_variant(seeds="pairs"), "3 seeds of b against one of a (an arm against the baseline), 10 questions",
+     "expected:"),
     ("4.2", mcnemar_one_sided, "200 questions, two scorers that disagree on some", "expected:"),
     ("4.2", mcnemar_uncapped, "an even split, 3 gained and 3 lost: p = 1", "cap p at 1"),
     ("5.1", mixture_with_one_magnitude, "OMoE, E = 4, r = 8: one magnitude per adapted layer", "not one per model"),
     ("5.1", mixture_router_by_d_out, "MoE-LoRA, E = 4, r = 8, on q_proj and v_proj of 4 blocks", "expected: 264,192"),
+    ("5.2", merged_summing_over_tokens, MERGE_CONSTANT, "x_t ΔWᵀ = 8 × the mixture's output on every token"),
+    ("5.2", merged_without_scaling, "E = 4 experts of rank 3, 10 tokens with their own weights, s = α/r = 2", "multiply by the scaling s"),
+    ("5.2", merged_A_times_B, MERGE_CONSTANT, "an exception, RuntimeError"),
+    ("5.2", merged_transposed, MERGE_CONSTANT, "got:      shape (12, 5)"),
+    ("5.2", merged_averaging_over_experts, MERGE_CONSTANT, "(in merged_averaging_over_experts, line "),
+    ("5.2", merged_with_one_mean_weight, MERGE_CONSTANT, "(not a multiple of it)"),
+    ("5.2", merged_in_float32, MERGE_CONSTANT, "keep the float64 inputs in float64"),
 ]
 
 
@@ -348,12 +415,21 @@ def test_checking_leaves_the_global_random_state_alone():
     assert torch.equal(torch.rand(3), expected)
 
 
+def test_the_merge_checker_s_reference_is_the_statement_s_formula():
+    """Exercise 5.2's reference (the library's merged layer, read off on the identity) is ΔW = s Σ_j w̄_j B_j A_j."""
+    from omoe_lab.exercises.checkers import merged_layer_delta_w
+
+    A, B, weights = torch.randn(3, 2, 12, dtype=torch.float64), torch.randn(3, 5, 2, dtype=torch.float64), torch.randn(7, 3, dtype=torch.float64)
+    expected = 1.5 * torch.einsum("j,jor,jrd->od", weights.mean(dim=0), B, A)
+    torch.testing.assert_close(merged_layer_delta_w(A, B, weights, 1.5), expected, rtol=1e-12, atol=1e-13)
+
+
 def test_the_solutions_module_has_no_stubs():
     source = Path(exercises.solutions.__file__).read_text()
     assert "NotImplementedError" not in source
 
 
-# --- the exercise cells of notebooks 00–03 ------------------------------------------------------
+# --- the exercise cells of notebooks 00–05 ------------------------------------------------------
 
 def notebook_cells(number: str) -> list[dict]:
     path = ROOT / "notebooks" / f"{NOTEBOOKS[number.split('.')[0]]}.ipynb"
@@ -363,8 +439,8 @@ def notebook_cells(number: str) -> list[dict]:
 IN_NOTEBOOKS = sorted(n for n in EXERCISES if n.split(".")[0] in NOTEBOOKS)
 
 
-def test_notebooks_00_to_03_have_nine_exercises_or_more():
-    assert len(IN_NOTEBOOKS) >= 9
+def test_notebooks_00_to_05_have_twelve_exercises_or_more_two_to_three_each():
+    assert len(IN_NOTEBOOKS) >= 12
     assert all(2 <= sum(1 for n in IN_NOTEBOOKS if n.startswith(f"{k}.")) <= 3 for k in NOTEBOOKS)
 
 

@@ -201,8 +201,10 @@ def well_defined(residuals: torch.Tensor | None, tol: float, precision: str) -> 
     return ((residuals >= LIVE_MIN[precision]) | (residuals <= DEAD_FACTOR * tol)).all(-1)
 
 
-def run_case(case: Case) -> dict:
+def run_case(case: Case, mixed: bool = False) -> dict:
     layer = build(case)
+    if mixed:
+        layer.mixed_precision_gram = True  # float32 Gram, float64 for the tokens its guard sends back
     generator = torch.Generator().manual_seed(case.seed)
     x = torch.randn(2, case.tokens, case.d_in, generator=generator)
     probe = torch.randn(2, case.tokens, case.d_out, generator=generator)
@@ -256,14 +258,21 @@ def _routing_name(case: Case) -> str:
     return ("top1" if case.routing["top_k"] == 1 else "topk") if "top_k" in case.routing else "soft"
 
 
-def check_cases(cases: list[Case]) -> tuple[int, int]:
+def check_cases(cases: list[Case], mixed: bool = False) -> tuple[int, int]:
     """Run every case (module docstring); returns how many were compared with the reference, and in how
-    many of those a compared token had an active "span" expert, or one past d_out, that is redundant."""
+    many of those a compared token had an active "span" expert, or one past d_out, that is redundant.
+
+    ``mixed``: the OMoE cases whose inputs are not float64 run with ``mixed_precision_gram`` (the others
+    are skipped) and must in addition match the float64 path on every token (``check_mixed``)."""
     compared = span_redundant = 0
     for index, case in enumerate(cases):
         if case.precision == "float16" and not FLOAT16_OK:
             continue
-        result = run_case(case)
+        if mixed and not mixed_applies(case):
+            continue
+        result = run_case(case, mixed)
+        if mixed:
+            check_mixed(case, result, f"case {index}: {case}")
         where = f"case {index}: {case}"
         if case.precision == "float16" and not exact_values_fit_float16(result):
             continue  # the exact values themselves overflow fp16: nothing finite to ask for
@@ -300,3 +309,43 @@ def test_fuzz_experts_in_the_span_of_several_earlier_ones():
     """Issue 20: an expert in the span of 2–3 earlier experts with large coefficients, or past d_out."""
     compared, span_redundant = check_cases(SPAN_CASES)
     assert compared >= 8 and span_redundant >= 4
+
+
+# mixed-precision Gram against the float64 path on the same inputs (the same a: only the Gram's
+# precision differs), every token: float32 to its match tolerance; bf16 / fp16 outputs are rounded to
+# their own precision, so to one unit of it. A token with an active non-zero expert closer than
+# NEAR to the span of the earlier ones (the reference's relative residual) must have fallen back:
+# the guard provably sends back every token with a pivot below 0.021 (tests/test_mixed_gram.py).
+MIXED_MATCH = {"float32": MATCH_TOL["float32"], "bf16-autocast": 2.0 ** -8, "float16": 2.0 ** -11}
+NEAR = 1e-2
+
+
+def mixed_applies(case: Case) -> bool:
+    return case.mode is not None and not case.float32_gram and case.precision != "float64"
+
+
+def check_mixed(case: Case, result: dict, where: str) -> None:
+    layer = result["layer"]
+    float64_path = run_case(case)
+    error = rel_err_of(result["adapter"].double(), float64_path["adapter"].double())
+    assert error <= MIXED_MATCH[case.precision], (error, where)
+    fallback = layer.gram_stats["last_fallback"]  # [tokens] of the last forward (adapter_output's)
+    exact = result["exact"]
+    norms = exact.expert_outputs(result["x64"]).norm(dim=-1).reshape(fallback.shape[0], -1)
+    residuals = result["residuals"].reshape(fallback.shape[0], -1)
+    near = ((residuals <= NEAR) & (norms > 0)).any(-1)
+    assert fallback[near].all(), where
+
+
+def rel_err_of(a: torch.Tensor, b: torch.Tensor) -> float:
+    scale = b.norm()
+    return float((a - b).norm() / (scale if scale > 0 else 1.0))
+
+
+def test_fuzz_mixed_precision_gram():
+    """Issue 20, item 3: every OMoE case of both generators with float32, bf16 or fp16 inputs, through the
+    mixed-precision Gram: finite, matching the float64 reference where it is well defined at today's
+    tolerance, matching the float64 path on every token, near-threshold tokens in the fallback."""
+    compared, _ = check_cases(CASES, mixed=True)
+    compared_span, span_redundant = check_cases(SPAN_CASES, mixed=True)
+    assert compared >= 5 and compared_span >= 3 and span_redundant >= 1

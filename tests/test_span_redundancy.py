@@ -193,3 +193,26 @@ def test_hand_derived_backward_passes_gradcheck_on_a_span_degenerate_case(mode, 
     mixed = mix(*inputs).detach()
     assert rel_err(0.7 ** -1 * torch.einsum("ter,eor->to", mixed, b.detach()), expected) <= MATCH
     assert torch.autograd.gradcheck(mix, inputs)
+
+
+@pytest.mark.parametrize("mode,recompute,eps", list(itertools.product(MODES, [True, False], [0.1, 1e-3])))
+def test_mixed_precision_gram_sends_span_degenerate_tokens_to_float64(mode, recompute, eps):
+    """Issue 20, item 3: in float32, with ``mixed_precision_gram``, every token of the span construction
+    (expert 2 in the span of experts 0 and 1) falls back to float64 and gives the float64 path's output and
+    gradients (the same computation on the same float32 ``a``: to float32 rounding, 1e-6)."""
+    exact = span_layer(mode, eps, recompute).float()
+    mixed = span_layer(mode, eps, recompute).float()
+    mixed.mixed_precision_gram = True
+    x = torch.randn(16, 8, generator=torch.Generator().manual_seed(2))
+    probe = torch.randn(16, 16, generator=torch.Generator().manual_seed(1))
+    results = []
+    for layer in (exact, mixed):
+        xi = x.clone().requires_grad_(True)
+        out = layer(xi) - layer.base_layer(xi)
+        params = [p for p in layer.parameters() if p.requires_grad]
+        results.append((out, torch.autograd.grad((out * probe).sum(), params + [xi])))
+    assert mixed.gram_stats["last_fallback"].all() and mixed.gram_stats["fallback_tokens"] == 16
+    (expected, expected_grads), (out, grads) = results
+    assert rel_err(out, expected) <= MATCH
+    for grad, exp in zip(grads, expected_grads):
+        assert torch.isfinite(grad).all() and rel_err(grad, exp) <= MATCH, rel_err(grad, exp)

@@ -639,6 +639,17 @@ def test_run_options_reach_every_run_and_bad_ones_fail_at_once():
         explorer_with(FakeRuns(), run_options={"prompt_style": "chat"})
 
 
+def test_the_note_says_how_the_runs_differ_from_the_reference():
+    """Profile sizes and the training objective, when they differ (the learn sweep's rank objective)."""
+    learn = {**sweep_summary(), "meta": {**sweep_summary()["meta"], "profile": "learn", "tasks": ["social_i_qa"],
+                                          "sizes": {"steps": 200, "top_blocks": 4, "train_per_task": 1600}}}
+    note = explorer_with(FakeRuns(), reference=learn, run_options={"tasks": ("social_i_qa",)}).reference_note.value
+    assert "profile learn (200 steps, top 4 blocks, 1600 training questions per task) against your ci (40 steps, top 2 blocks" in note
+    assert "objective rank against your lm" in note and "1 task (social_i_qa)" in note and "other tasks" not in note
+    same = explorer_with(FakeRuns(), reference=learn, run_options={"tasks": ("social_i_qa",), "objective": "rank"}).reference_note.value
+    assert "objective" not in same and "profile learn" in same  # the objective matches; the sizes still differ
+
+
 def test_the_reference_carries_no_placeholder_in_the_browser(front_end):
     explorer = explorer_with(FakeRuns(), reference=sweep_summary())
     shown = displayed_figure(explorer.accuracy_plot)

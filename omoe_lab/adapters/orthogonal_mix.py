@@ -18,6 +18,10 @@ backward recomputes the Gram and one factorization and then applies, in the Gram
 - ``G_ij = a_iᵀ M_ij a_j``, ``M = B_catᵀB_cat``: ``ā_i += 2 Σ_j Ḡ_ij M_ij a_j``,
   ``M̄_ij = Σ_t Ḡ_ij a_i a_jᵀ``, ``B̄_cat = 2 B_cat M̄``.
 
+Mixed precision (``mixed=True``, ``OMoELinear.mixed_precision_gram``): forward and backward run in
+float32 for the tokens ``orthogonal.mixed_gram_guard`` trusts and in the Gram's dtype for the gathered
+others (``mixed_forward``, ``mixed_backward``); ``docs/decisions.md``, "Mixed-precision Gram".
+
 Everything meets in the Gram's dtype and is rounded to ``a``'s only as a sum (see
 ``OMoELinear.mixed_inputs``: for near-collinear experts its parts are large and cancel).
 ``tests/test_adapters.py`` checks the backward against autograd through the differentiable path
@@ -27,15 +31,23 @@ from __future__ import annotations
 
 import torch
 
-from .orthogonal import expert_metric, gram_of_product, gram_schmidt_factors, live_experts, metric_product, normalized
+from .orthogonal import (
+    expert_metric, gram_of_product, gram_schmidt_factors, live_experts, metric_product, mixed_gram_guard, normalized,
+)
 
 
 def orthogonal_mix(
     a: torch.Tensor, slot_B: torch.Tensor, gates: torch.Tensor, active: torch.Tensor, magnitude: torch.Tensor,
-    mode: str, tol: float, gram_dtype: torch.dtype,
+    mode: str, tol: float, gram_dtype: torch.dtype, mixed: bool = False, stats: dict | None = None,
 ) -> torch.Tensor:
-    """``m · w ⊙ a`` [N, E, r] in ``a``'s dtype; ``a`` [N, E, r], ``slot_B`` [E, d_out, r], gates/active [N, E]."""
-    return OrthogonalMix.apply(a, slot_B, gates, active, magnitude, mode, tol, gram_dtype)
+    """``m · w ⊙ a`` [N, E, r] in ``a``'s dtype; ``a`` [N, E, r], ``slot_B`` [E, d_out, r], gates/active [N, E].
+
+    ``mixed``: the Gram and its factorization in float32, and in ``gram_dtype`` (float64) only for the
+    tokens ``orthogonal.mixed_gram_guard`` does not trust to float32 (``mixed_forward``); ``stats``,
+    a dict, then counts ``tokens`` and ``fallback_tokens`` of each forward (summed) and holds the last
+    forward's per-token ``last_fallback`` mask [N].
+    """
+    return OrthogonalMix.apply(a, slot_B, gates, active, magnitude, mode, tol, gram_dtype, mixed, stats)
 
 
 # The [tokens, E, E, r] stages (the Gram's product; in backward, Ḡ_ij a_j) run over chunks of tokens.
@@ -62,45 +74,134 @@ def chunked_gram(wide: torch.Tensor, metric: torch.Tensor) -> torch.Tensor:
     return gram
 
 
+def exact_mix(wide, metric, gates, active, magnitude, mode, tol):
+    """``(m·w⊙a, live)`` with the Gram, the redundancy test and the weights all in ``wide``'s dtype."""
+    gram = chunked_gram(wide, metric)
+    inv_norm, cosines = normalized(gram, active)
+    live = live_experts(inv_norm, cosines, tol)
+    weights = gram_schmidt_factors(inv_norm, cosines, gates, live, mode).weights
+    return (magnitude.to(wide.dtype) * weights).unsqueeze(-1) * wide, live
+
+
+def fallback_tokens(safe: torch.Tensor) -> torch.Tensor:
+    """Indices [K] of the tokens the float32 path does not answer (``~safe``).
+
+    Reading the mask is the mixed path's one host synchronization off the CPU (K sets the shapes of
+    the float64 recomputation; on a CPU there is no device to wait for). Under ``torch.compile``
+    nothing is read: every token is recomputed and ``merge`` chooses with ``torch.where``.
+    """
+    if torch.compiler.is_compiling():
+        return torch.arange(safe.shape[0], device=safe.device)
+    return (~safe).nonzero().squeeze(-1)
+
+
+def merge(fast: torch.Tensor, slow: torch.Tensor, index: torch.Tensor, safe: torch.Tensor) -> torch.Tensor:
+    """``fast`` with the rows ``index`` replaced by ``slow`` (cast to ``fast``'s dtype)."""
+    slow = slow.to(fast.dtype)
+    if index.shape[0] == fast.shape[0]:  # every token recomputed (under torch.compile, or none safe)
+        return torch.where(safe.view(-1, *[1] * (fast.dim() - 1)), fast, slow)
+    return fast.index_copy(0, index, slow)
+
+
+def mixed_forward(a, metric, b_sq_norms, gates, active, magnitude, mode, tol, stats):
+    """``(m·w⊙a, live, safe)``: the float32 path for every token, then ``exact_mix`` in ``metric``'s
+    dtype for the tokens the guard sends back (``orthogonal.mixed_gram_guard``), merged row by row.
+    ``m·w⊙a`` is float32 (float64 rows rounded to it once)."""
+    wide = a.float()
+    gram = chunked_gram(wide, metric.float())
+    guard = mixed_gram_guard(gram, wide, b_sq_norms.float(), active, tol)
+    weights = gram_schmidt_factors(guard.inv_norm, guard.cosines, gates, guard.live, mode, guard.chol).weights
+    out = (magnitude.float() * weights).unsqueeze(-1) * wide
+    live, index = guard.live, fallback_tokens(guard.safe)
+    if index.numel():
+        slow_out, slow_live = exact_mix(a[index].to(metric.dtype), metric, gates[index], active[index], magnitude, mode, tol)
+        out, live = merge(out, slow_out, index, guard.safe), merge(live, slow_live, index, guard.safe)
+    if stats is not None and not torch.compiler.is_compiling():
+        stats["tokens"] = stats.get("tokens", 0) + a.shape[0]
+        stats["fallback_tokens"] = stats.get("fallback_tokens", 0) + index.numel()
+        stats["last_fallback"] = ~guard.safe  # [N] of the last forward (tests, analysis)
+    return out, live, guard.safe
+
+
+def gram_backward(wide, grad_gram, metric, grad_a):
+    """The Gram's part of the gradient: ``ā_i += 2 Σ_j M_ij (Ḡ_ij a_j)`` into ``grad_a`` (in place), and
+    ``M̄_ij = Σ_t a_i (Ḡ_ij a_j)ᵀ`` [E, r, E·r] returned; chunked over tokens like the Gram."""
+    num_experts, rank = wide.shape[-2:]
+    grad_metric = metric.new_zeros(num_experts, rank, num_experts * rank)
+    for part in token_chunks(wide):
+        spread = (grad_gram[part].unsqueeze(-1) * wide[part].unsqueeze(1)).flatten(2).transpose(0, 1)
+        grad_a[part] += 2 * torch.bmm(spread, metric.mT).transpose(0, 1)  # [E, n, E·r] → [n, E, r]
+        grad_metric += torch.bmm(wide[part].permute(1, 2, 0), spread)
+    return grad_metric
+
+
 class OrthogonalMix(torch.autograd.Function):
     """The Function behind ``orthogonal_mix``; its backward is the module docstring's."""
 
     @staticmethod
-    def forward(ctx, a, slot_B, gates, active, magnitude, mode, tol, gram_dtype):
+    def forward(ctx, a, slot_B, gates, active, magnitude, mode, tol, gram_dtype, mixed=False, stats=None):
         with torch.autocast(device_type=a.device.type, enabled=False):
-            wide = a.to(gram_dtype)
-            gram = chunked_gram(wide, expert_metric(slot_B, gram_dtype)[1])
-            inv_norm, cosines = normalized(gram, active)
-            live = live_experts(inv_norm, cosines, tol)
-            weights = gram_schmidt_factors(inv_norm, cosines, gates, live, mode).weights
-            out = (magnitude.to(gram_dtype) * weights).unsqueeze(-1) * wide
-        ctx.save_for_backward(a, slot_B, gates, magnitude, live)
+            b_cat, metric = expert_metric(slot_B, gram_dtype)
+            if mixed:
+                b_sq_norms = b_cat.square().view(b_cat.shape[0], -1, a.shape[-1]).sum((0, 2))  # ‖B_i‖_F² [E]
+                out, live, safe = mixed_forward(a, metric, b_sq_norms, gates, active, magnitude, mode, tol, stats)
+            else:
+                out, live = exact_mix(a.to(gram_dtype), metric, gates, active, magnitude, mode, tol)
+                safe = None
+        ctx.save_for_backward(a, slot_B, gates, magnitude, live, safe)
         ctx.mode, ctx.gram_dtype = mode, gram_dtype
         return out.to(a.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
-        a, slot_B, gates, magnitude, live = ctx.saved_tensors
+        a, slot_B, gates, magnitude, live, safe = ctx.saved_tensors
         with torch.autocast(device_type=a.device.type, enabled=False):
-            wide = a.to(ctx.gram_dtype)
             b_cat, metric = expert_metric(slot_B, ctx.gram_dtype)
-            gram = chunked_gram(wide, metric)
-            grad_a, grad_gram, grad_gates, grad_magnitude = mixing_backward(
-                wide, grad_out.to(ctx.gram_dtype), gram, gates, live, magnitude.to(ctx.gram_dtype), ctx.mode,
-            )
-            # G_ij = a_iᵀ M_ij a_j, Ḡ symmetric: ā_i += 2 Σ_j M_ij (Ḡ_ij a_j), M̄_ij = Σ_t a_i (Ḡ_ij a_j)ᵀ
-            num_experts, rank = wide.shape[-2:]
-            grad_metric = b_cat.new_zeros(num_experts, rank, num_experts * rank)
-            for part in token_chunks(wide):
-                spread = (grad_gram[part].unsqueeze(-1) * wide[part].unsqueeze(1)).flatten(2).transpose(0, 1)
-                grad_a[part] += 2 * torch.bmm(spread, metric.mT).transpose(0, 1)  # [E, n, E·r] → [n, E, r]
-                grad_metric += torch.bmm(wide[part].permute(1, 2, 0), spread)
+            if safe is None:
+                wide = a.to(ctx.gram_dtype)
+                gram = chunked_gram(wide, metric)
+                grad_a, grad_gram, grad_gates, grad_magnitude = mixing_backward(
+                    wide, grad_out.to(ctx.gram_dtype), gram, gates, live, magnitude.to(ctx.gram_dtype), ctx.mode,
+                )
+                grad_metric = gram_backward(wide, grad_gram, metric, grad_a)
+            else:
+                grad_a, grad_metric, grad_gates, grad_magnitude = mixed_backward(
+                    a, grad_out, metric, gates, live, safe, magnitude, ctx.mode,
+                )
             # M = B_catᵀ B_cat, M̄ symmetric
+            num_experts, rank = a.shape[-2:]
             grad_b = (2 * b_cat @ grad_metric.flatten(0, 1)).view(-1, num_experts, rank).permute(1, 0, 2)
         return (
             grad_a.to(a.dtype), grad_b.to(slot_B.dtype), grad_gates.to(gates.dtype), None,
-            grad_magnitude.to(magnitude.dtype), None, None, None,
+            grad_magnitude.to(magnitude.dtype), None, None, None, None, None,
         )
+
+
+def mixed_backward(a, grad_out, metric, gates, live, safe, magnitude, mode):
+    """``(ā, M̄, ḡ, m̄)`` of ``mixed_forward``: float32 for the safe tokens, ``metric``'s dtype for the
+    others. Each pass sees only its own tokens' live experts (the other tokens get no live expert, so
+    zero weights and zero gradients, nothing undefined), so the two add up; ``M̄`` and ``m̄`` meet in
+    ``metric``'s dtype."""
+    wide = a.float()
+    gram = torch.where(safe[:, None, None], chunked_gram(wide, metric.float()), 0.0)  # no ∞ from unsafe tokens
+    grad_a, grad_gram, grad_gates, grad_magnitude = mixing_backward(
+        wide, grad_out.float(), gram, gates, live & safe[:, None], magnitude.float(), mode,
+    )
+    grad_metric = gram_backward(wide, grad_gram, metric.float(), grad_a).to(metric.dtype)
+    grad_magnitude = grad_magnitude.to(metric.dtype)
+    index = fallback_tokens(safe)
+    if index.numel():
+        sub = a[index].to(metric.dtype)
+        sub_live = live[index] & ~safe[index, None]  # under torch.compile: every token, the safe ones masked
+        sub_a, sub_gram, sub_gates, sub_magnitude = mixing_backward(
+            sub, grad_out[index].to(metric.dtype), chunked_gram(sub, metric), gates[index], sub_live,
+            magnitude.to(metric.dtype), mode,
+        )
+        grad_metric = grad_metric + gram_backward(sub, sub_gram, metric, sub_a)
+        grad_a = grad_a.index_add(0, index, sub_a.to(grad_a.dtype))
+        grad_gates = grad_gates.index_add(0, index, sub_gates.to(grad_gates.dtype))
+        grad_magnitude = grad_magnitude + sub_magnitude
+    return grad_a, grad_metric, grad_gates, grad_magnitude
 
 
 def mixing_backward(wide, grad_out, gram, gates, live, m, mode):

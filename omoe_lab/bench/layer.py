@@ -4,6 +4,9 @@ Variants, at each (tokens, d, E, r), in one run:
 
 - ``omoe``: OMoE (stiefel, soft routing) as ``forward`` computes it: rank-space Gram in the
   layer's default precision (float64), Cholesky weights, one final matmul;
+- ``omoe-mixed``: the same with ``mixed_precision_gram``: the Gram and its factorization in float32,
+  the tokens its guard does not trust recomputed in float64 (``fallback_rate``: their share over the
+  timed calls), at the default threshold; beside ``omoe``, the float64 path, it is the before/after pair;
 - ``omoe-f32``: the same with a float32 Gram and the smallest threshold it resolves,
   ``redundancy_tol = resolvable_tol(float32)`` (3.45e-2): the speed/precision trade-off;
 - ``omoe-kept``: ``OMoELinear.recompute = False``, the Gram path's intermediates
@@ -34,8 +37,8 @@ from .record import of_ratio, ratio, row_metric, target
 
 SHAPES = [(2048, 576, 4, 8), (2048, 576, 8, 16), (4096, 2048, 8, 16)]  # tokens, d, E, r
 SMOKE_SHAPES = [(64, 32, 2, 4), (64, 32, 4, 4)]
-VARIANTS = ["omoe", "omoe-f32", "omoe-kept", "omoe-naive", "moe", "lora"]
-OMOE_VARIANTS = ("omoe", "omoe-f32", "omoe-kept")  # the fast path, in some setting (accuracy measured)
+VARIANTS = ["omoe", "omoe-mixed", "omoe-f32", "omoe-kept", "omoe-naive", "moe", "lora"]
+OMOE_VARIANTS = ("omoe", "omoe-mixed", "omoe-f32", "omoe-kept")  # the fast path, in some setting (accuracy measured)
 TIME_LIMIT, MEMORY_LIMIT, ERROR_LIMIT = 1.15, 1.10, 1e-6  # omoe / moe time and saved memory; omoe's error
 
 
@@ -56,6 +59,8 @@ def build(variant: str, d: int, num_experts: int, rank: int, device: torch.devic
             layer.gram_dtype = torch.float32  # on this layer only (checked against its tol when set)
         if variant == "omoe-kept":
             layer.recompute = False
+        if variant == "omoe-mixed":
+            layer.mixed_precision_gram = True
         with torch.no_grad():
             layer.magnitude.fill_(1.0)  # the adapter term is live, as after training starts
     with torch.no_grad():
@@ -101,16 +106,20 @@ def run(options: Options) -> dict:
             row["saved_mib"] = saved_activation_bytes(partial(forward_of(variant, layer), x), module_tensors(layer)) / MiB
             if variant in OMOE_VARIANTS:
                 row["redundancy_tol"] = layer.redundancy_tol
+                # share of tokens the mixed path recomputed in float64, over every forward run so far; None: not mixed
+                row["fallback_rate"] = layer.gram_fallback_rate
                 row["rel_error"] = relative_error(layer, x.detach())
             if device.type == "cuda":
                 row["cuda_peak_mib"] = cuda_peak_mib(steps[variant], device)
             rows.append(row)
             error = f"  rel. error {row['rel_error']:.1e}" if "rel_error" in row else ""
+            if row.get("fallback_rate") is not None:
+                error += f"  float64 fallback {row['fallback_rate']:.1%} of tokens"
             options.say(f"layer {row['id']:28s} {row['ms']:9.2f} ms  {row['saved_mib']:9.2f} MiB saved{error}")
     ratios, targets = [], []
     for tokens, d, num_experts, rank in shapes:
         shape = f"{tokens}x{d} E{num_experts} r{rank}"
-        pairs = [("omoe", "moe"), ("omoe-f32", "moe"), ("omoe-kept", "moe"), ("omoe", "lora"), ("omoe-naive", "omoe")]
+        pairs = [("omoe", "moe"), ("omoe-mixed", "moe"), ("omoe-mixed", "omoe"), ("omoe-f32", "moe"), ("omoe-kept", "moe"), ("omoe", "lora"), ("omoe-naive", "omoe")]
         for top, bottom in [(t, b) for t, b in pairs if t in VARIANTS]:
             for metric, what in (("ms", "time"), ("saved_mib", "saved memory")):
                 ratio(f"{shape}: {top} / {bottom} {what}", row_metric(f"{shape} {top}", metric),
@@ -123,8 +132,9 @@ def run(options: Options) -> dict:
                               row_metric(f"{shape} omoe", "rel_error"), ERROR_LIMIT, rows, ratios))
     return {
         "description": "Forward + backward of one adapted d × d linear (input requires grad); saved memory = bytes "
-                       "autograd keeps for backward (each storage once, parameters excluded). omoe-f32: float32 Gram "
-                       "with redundancy_tol = resolvable_tol(float32).",
+                       "autograd keeps for backward (each storage once, parameters excluded). omoe-mixed: float32 Gram "
+                       "with a guarded per-token float64 fallback (fallback_rate: the share of tokens recomputed). "
+                       "omoe-f32: float32 Gram with redundancy_tol = resolvable_tol(float32).",
         "settings": {"shapes": [list(s) for s in shapes], "variants": VARIANTS},
         "rows": rows, "ratios": ratios, "targets": targets,
     }

@@ -39,8 +39,10 @@ from .checkers import (
     check_lora_forward,
     check_mcnemar_p,
     check_mean_abs_cosine,
+    check_merged_delta_w,
     check_mixture_parameters,
     check_moe_lora_forward,
+    check_permutation_p,
     check_stiefel_error,
     check_top_k_gates,
 )
@@ -83,6 +85,7 @@ def show_solution(number: str) -> None:
 __all__ = [
     "CHECKERS", "EXERCISES", "SOLUTIONS_ENV", "check_adapter_parameters", "check_effective_rank", "check_gram_schmidt",
     "check_linear_cka", "check_load_balancing_loss", "check_lora_forward", "check_mcnemar_p", "check_mean_abs_cosine",
-    "check_mixture_parameters", "check_moe_lora_forward", "check_stiefel_error", "check_top_k_gates", "exercise", "find",
-    "show_solution", "solutions_enabled",
+    "check_merged_delta_w", "check_mixture_parameters", "check_moe_lora_forward", "check_permutation_p", "check_stiefel_error",
+    "check_top_k_gates",
+    "exercise", "find", "show_solution", "solutions_enabled",
 ]

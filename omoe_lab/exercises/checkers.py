@@ -15,9 +15,10 @@ from torch import nn
 from ..adapters import LAYER_CLASSES, AdapterConfig, LoRALinear, MoELoRALinear
 from ..adapters.orthogonal import gram_schmidt
 from ..adapters.routing import load_balancing_loss, routing_gates
+from ..analysis.merging import _constant_mix
 from ..analysis.routing_stats import effective_rank
 from ..analysis.similarity import linear_cka, mean_pairwise_cosine
-from ..analysis.stats import paired_test
+from ..analysis.stats import paired_test, question_level_test
 from ..analysis.stiefel import default_stiefel_tolerance, stiefel_error
 from ..inject import trainable_parameters
 from . import solutions
@@ -33,8 +34,10 @@ GRAM_SCHMIDT = Exercise("2.2", "Gram–Schmidt, twice, with the redundancy thres
 MOE_LORA_FORWARD = Exercise("3.1", "a MoE-LoRA layer's forward pass", solutions.moe_lora_forward_by_hand)
 TOP_K_GATES = Exercise("3.2", "top-k gates", solutions.top_k_gates_by_hand)
 LOAD_BALANCING_LOSS = Exercise("3.3", "the Switch load-balancing loss", solutions.load_balancing_loss_by_hand)
+PERMUTATION_P = Exercise("4.1", "the question-level permutation test", solutions.permutation_p_by_hand)
 MCNEMAR_P = Exercise("4.2", "the exact McNemar test", solutions.mcnemar_p_by_hand)
 MIXTURE_PARAMETERS = Exercise("5.1", "trainable parameters as a function of E and r", solutions.mixture_parameters_by_hand)
+MERGED_DELTA_W = Exercise("5.2", "merge a mixture into one LoRA", solutions.merged_delta_w_by_hand)
 
 
 def randn64(*shape) -> torch.Tensor:
@@ -469,6 +472,41 @@ def check_load_balancing_loss(fn: Callable) -> Callable:
 
 # --- 04_finetune_real and 05_how_many_experts ------------------------------------------------
 
+def library_permutation_p(correct_a, correct_b):
+    return question_level_test(correct_a, correct_b)["p"]
+
+
+def permutation_cases() -> list[Case]:
+    """At most 13 questions: ``question_level_test``'s 9,999 resamples then cover all 2^n sign flips,
+    so the library's p is exact, as the learner's enumeration is."""
+    b_three = (torch.rand(3, 10) < 0.7).int().tolist()
+    return [
+        Case("every question's seed mean the same in a and b: d_q = 0, p = 1",
+             ([[1, 0, 1, 0, 1], [0, 1, 1, 0, 0]], [[0, 1, 1, 0, 0], [1, 0, 1, 0, 1]]),
+             "count the sign flips at least as extreme, |Σ s_q d_q| ≥ |Σ d_q| (≥, not >): the observed flip is "
+             "always one of them, and here all 2^n tie with 0, so p = 1."),
+        Case("b worse than a: one seed each, 9 questions, 6 lost and 1 gained (two-sided)",
+             ([[1, 1, 1, 1, 1, 1, 0, 1, 0]], [[0, 0, 0, 0, 0, 0, 1, 1, 0]]),
+             "two-sided: compare |Σ_q s_q d_q| with |Σ_q d_q|, so a b worse than a is as unusual as a b better by as much."),
+        Case("3 seeds of b against one of a (an arm against the baseline), 10 questions", ([[0, 1, 0, 0, 1, 0, 1, 0, 0, 1]], b_three),
+             "average each question's correctness over its seeds first (b has 3, a has 1): d_q = mean_b(q) − mean_a(q). "
+             "The question is the unit, not the (seed, question) pair, and the seeds of a and b need not pair up."),
+        Case("2 seeds each, 12 questions: d_q in steps of ½",
+             ([[1, 0, 1, 1, 0, 0, 1, 0, 0, 1, 0, 0], [0, 0, 1, 1, 0, 1, 1, 0, 0, 0, 0, 1]],
+              [[1, 1, 1, 1, 0, 1, 1, 1, 0, 1, 1, 0], [1, 0, 1, 1, 1, 1, 1, 1, 0, 1, 0, 1]]),
+             "d_q = (b's seeds right on q)/2 − (a's seeds right on q)/2; flip the sign of each d_q, all 2^12 ways."),
+        Case("a single question: both flips are as extreme, p = 1", ([[0]], [[1]]),
+             "with n = 1 there are two flips, +d and −d, and both have |Σ| = |d|."),
+    ]
+
+
+def check_permutation_p(fn: Callable) -> Callable:
+    """Exercise 4.1: ``permutation_p_by_hand(correct_a, correct_b)`` against ``analysis.stats.question_level_test``
+    (exact at these sizes)."""
+    __tracebackhide__ = True
+    return PERMUTATION_P.check(fn, library_permutation_p, permutation_cases, close(atol=1e-12, rtol=1e-9))
+
+
 def library_mcnemar_p(correct_a, correct_b):
     return paired_test(correct_a, correct_b)["p"]
 
@@ -524,12 +562,97 @@ def check_mixture_parameters(fn: Callable) -> Callable:
     return MIXTURE_PARAMETERS.check(fn, counted_mixture_parameters, mixture_parameter_cases, exactly())
 
 
+@torch.no_grad()
+def merged_layer_delta_w(lora_A, lora_B, token_weights, scaling):
+    """ΔW [d_out, d_in] of ``analysis.merging``'s merged variant: an ``MoELoRALinear`` (float64) holding these
+    experts, mixing with the constant ``w̄`` = mean of ``token_weights`` over the tokens (``merging._constant_mix``,
+    as ``variant_layers`` sets it), read off from its adapter output on the identity (row i: ``ΔW e_i``)."""
+    num_experts, rank, d_in = lora_A.shape
+    d_out = lora_B.shape[1]
+    config = AdapterConfig(method="moe", num_experts=num_experts, rank=rank, alpha=scaling * rank)
+    layer = MoELoRALinear(frozen_linear(torch.zeros(d_out, d_in)), config, num_experts).double().eval()
+    layer.lora_A.copy_(lora_A)
+    layer.lora_B.copy_(lora_B)
+    layer.mixed_inputs = _constant_mix(token_weights.double().mean(dim=0))  # an instance attribute shadows the method
+    return layer.adapter_output(torch.eye(d_in, dtype=torch.float64)).T
+
+
+# float64 inputs: ΔW to 1e-10 relative (entry by entry, 1e-12 absolute for entries that cancel to about 0)
+MERGE_ATOL, MERGE_RTOL = 1e-12, 1e-10
+
+
+def mixture_output(x, lora_A, lora_B, token_weights, scaling):
+    """The mixture's added term on each token, ``y_t = s Σ_j w_{t,j} B_j A_j x_t`` [N, d_out], float64."""
+    return scaling * torch.einsum("tj,jor,jrd,td->to", token_weights, lora_B, lora_A, x)
+
+
+def merges_exactly(x: torch.Tensor, lora_A, lora_B, token_weights, scaling) -> Callable:
+    """Weights constant over the tokens: the merged layer must give the mixture's output on every token,
+    ``x_t ΔWᵀ = s Σ_j w_j B_j A_j x_t``; then ΔW itself is compared with the reference."""
+    mixture = mixture_output(x, lora_A, lora_B, token_weights, scaling)
+    tokens = len(x)
+
+    def compare(got, expected):
+        problem = tensor_problem(got, expected)
+        if problem:
+            return problem
+        merged = x @ got.detach().double().T
+        if close(atol=MERGE_ATOL, rtol=MERGE_RTOL)(merged, mixture) is None:
+            return close(atol=MERGE_ATOL, rtol=MERGE_RTOL)(got, expected)
+        ratio = float((merged * mixture).sum() / mixture.square().sum())     # the best single factor
+        residual = float((merged - ratio * mixture).norm() / mixture.norm())
+        off = float((merged - mixture).norm() / mixture.norm())
+        how = (f"x_t ΔWᵀ = {ratio:.6g} × the mixture's output on every token" if residual < 1e-8
+               else f"x_t ΔWᵀ differs from the mixture's output by {off:.3g} of its norm (not a multiple of it)")
+        if got.dtype != torch.float64:
+            how += f"; ΔW came back as {str(got.dtype).removeprefix('torch.')}: keep the float64 inputs in float64"
+        return Mismatch(f"x_t ΔWᵀ = the mixture's output s Σ_j w_j B_j A_j x_t on each of the {tokens} tokens "
+                        f"(to {MERGE_RTOL:g} relative)", how)
+
+    return compare
+
+
+def merge_cases() -> list[Case]:
+    def inputs(tokens=8, num_experts=3, rank=2, d_in=12, d_out=5, scaling=1.0, constant=False, zero_expert=None):
+        A, B = randn64(num_experts, rank, d_in), randn64(num_experts, d_out, rank)
+        if zero_expert is not None:
+            B[zero_expert] = 0.0
+        # any sign and no sum to 1: OMoE's w_t are m·(its Gram–Schmidt weights)
+        weights = randn64(1, num_experts).expand(tokens, -1).clone() if constant else randn64(tokens, num_experts)
+        return A, B, weights, scaling
+
+    constant = inputs(tokens=8, scaling=1.0, constant=True)
+    probe = randn64(8, constant[0].shape[-1])
+    return [
+        Case("weights constant over the 8 tokens: the merged layer equals the mixture on every token", constant,
+             "ΔW = s Σ_j w̄_j B_j A_j with w̄ = token_weights.mean(dim=0), the *mean* over the tokens (dim 0 of [N, E]), not "
+             "their sum and not a mean over the experts; ΔW is [d_out, d_in] like W0: B_j [d_out, r] @ A_j [r, d_in].",
+             compare=merges_exactly(probe, *constant)),
+        Case("E = 4 experts of rank 3, 10 tokens with their own weights, s = α/r = 2", inputs(tokens=10, num_experts=4, rank=3, scaling=2.0),
+             "multiply by the scaling s once: the merged LoRA's ΔW includes it, as the mixture's term s Σ_j w_j B_j A_j x does."),
+        Case("a square layer (d_in = d_out = 8), 6 tokens", inputs(tokens=6, d_in=8, d_out=8, scaling=0.5),
+             "with d_in = d_out a transpose still has the right shape: B_j @ A_j, not A_jᵀ B_jᵀ (that is ΔWᵀ)."),
+        Case("expert 1 has B_1 = 0 (a zero expert)", inputs(zero_expert=1, scaling=2.0),
+             "a zero expert's B_j A_j is 0 and adds nothing; nothing needs normalizing (B_j A_j / ‖B_j A_j‖ would be 0/0 here), and w̄ is not renormalized over the other experts."),
+        Case("one expert, E = 1: a LoRA, ΔW = s w̄ B A", inputs(tokens=5, num_experts=1, rank=4, scaling=2.0),
+             "with E = 1, A is [1, r, d_in] and B [1, d_out, r]: keep the expert axis; the answer is s · w̄_0 · B_0 A_0."),
+    ]
+
+
+def check_merged_delta_w(fn: Callable) -> Callable:
+    """Exercise 5.2: ``merged_delta_w_by_hand(lora_A, lora_B, token_weights, scaling)`` against ``analysis.merging``'s
+    merged layer (float64, 1e-10 relative)."""
+    __tracebackhide__ = True
+    return MERGED_DELTA_W.check(fn, merged_layer_delta_w, merge_cases, close(atol=MERGE_ATOL, rtol=MERGE_RTOL))
+
+
 EXERCISES = {exercise.number: exercise for exercise in (
     LORA_FORWARD, ADAPTER_PARAMETERS, MEAN_ABS_COSINE, LINEAR_CKA, EFFECTIVE_RANK, STIEFEL_ERROR, GRAM_SCHMIDT,
-    MOE_LORA_FORWARD, TOP_K_GATES, LOAD_BALANCING_LOSS, MCNEMAR_P, MIXTURE_PARAMETERS,
+    MOE_LORA_FORWARD, TOP_K_GATES, LOAD_BALANCING_LOSS, PERMUTATION_P, MCNEMAR_P, MIXTURE_PARAMETERS, MERGED_DELTA_W,
 )}
 CHECKERS = {
     "0.1": check_lora_forward, "0.2": check_adapter_parameters, "1.1": check_mean_abs_cosine, "1.2": check_linear_cka,
     "1.3": check_effective_rank, "2.1": check_stiefel_error, "2.2": check_gram_schmidt, "3.1": check_moe_lora_forward,
-    "3.2": check_top_k_gates, "3.3": check_load_balancing_loss, "4.2": check_mcnemar_p, "5.1": check_mixture_parameters,
+    "3.2": check_top_k_gates, "3.3": check_load_balancing_loss, "4.1": check_permutation_p,
+    "4.2": check_mcnemar_p, "5.1": check_mixture_parameters, "5.2": check_merged_delta_w,
 }

@@ -6,6 +6,7 @@ Plain torch, no library calls: ``show_solution("2.2")`` prints one of these, and
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -118,7 +119,23 @@ def load_balancing_loss_by_hand(probs, active, token_mask=None):
     return num_experts * (f * P).sum()
 
 
-# --- 04_finetune_real and 05_how_many_experts (their notebook cells come in a later round) ---
+# --- 04_finetune_real ---------------------------------------------------------------------
+
+def permutation_p_by_hand(correct_a, correct_b):
+    """Exercise 4.1: exact two-sided paired permutation test over questions, the question as the unit.
+
+    ``correct_a``/``correct_b``: one 0/1 list per seed (any number of seeds each), the same questions.
+    """
+    n = len(correct_a[0])
+    mean_a = [sum(seed[q] for seed in correct_a) / len(correct_a) for q in range(n)]
+    mean_b = [sum(seed[q] for seed in correct_b) / len(correct_b) for q in range(n)]
+    d = [b - a for a, b in zip(mean_a, mean_b)]                 # each question's seed-averaged difference
+    observed = abs(sum(d))
+    # under "no difference" a and b are exchangeable within a question: every sign flip of d is as likely
+    as_extreme = sum(1 for signs in itertools.product((1, -1), repeat=n)
+                     if abs(sum(s * x for s, x in zip(signs, d))) >= observed - 1e-9)   # ties count (≥)
+    return as_extreme / 2**n
+
 
 def mcnemar_p_by_hand(correct_a, correct_b):
     """Exercise 4.2: exact two-sided McNemar p-value of two scorers on the same questions."""
@@ -132,6 +149,8 @@ def mcnemar_p_by_hand(correct_a, correct_b):
     return min(1.0, 2 * tail)
 
 
+# --- 05_how_many_experts -------------------------------------------------------------------
+
 def mixture_parameters_by_hand(layer_shapes, method, num_experts, rank):
     """Exercise 5.1: trainable parameters over adapted linears of shapes [(d_in, d_out), ...]."""
     sum_in = sum(d_in for d_in, _ in layer_shapes)
@@ -140,3 +159,11 @@ def mixture_parameters_by_hand(layer_shapes, method, num_experts, rank):
         return rank * (sum_in + sum_out)
     magnitudes = len(layer_shapes) if method == "omoe" else 0   # one per adapted layer
     return num_experts * (rank * (sum_in + sum_out) + sum_in) + magnitudes
+
+
+def merged_delta_w_by_hand(lora_A, lora_B, token_weights, scaling):
+    """Exercise 5.2: the mixture merged into one LoRA of rank E·r, ``ΔW = s Σ_j w̄_j B_j A_j`` [d_out, d_in],
+    with ``w̄`` the mean over the N tokens of ``token_weights`` [N, E]; A [E, r, d_in], B [E, d_out, r]."""
+    mean_weights = token_weights.mean(dim=0)                 # w̄_j: average over the tokens, not the experts
+    products = lora_B @ lora_A                               # B_j A_j for every expert    [E, d_out, d_in]
+    return scaling * (mean_weights[:, None, None] * products).sum(dim=0)

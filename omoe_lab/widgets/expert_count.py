@@ -75,6 +75,15 @@ def ring_latest_run(figure: go.Figure, row: pd.Series, label: str, how: str) -> 
 
 
 
+def _sizes_text(sizes: dict) -> str:
+    """`` (200 steps, top 4 blocks, 1600 training questions per task)`` from a sweep's ``meta.sizes``
+    or a resolved ``RunConfig``; empty when none of them is known."""
+    parts = [f"{sizes[key]} {what}" if key != "top_blocks" else f"top {sizes[key]} blocks"
+             for key, what in (("steps", "steps"), ("top_blocks", ""), ("train_per_task", "training questions per task"))
+             if sizes.get(key) is not None]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 # --- the experiment explorer ------------------------------------------------------------------
 CONTROLLED_FIELDS = ("method", "num_experts", "top_k", "orthogonalize", "seed", "profile")  # RunConfig fields the controls set
 
@@ -227,7 +236,8 @@ class ExpertCountExplorer:
         """What the learner's runs are: profile, tasks and data, in words."""
         config = RunConfig(profile=self.profile, **self.run_options).resolved()
         data = f"data <code>{html.escape(str(config.data_dir))}</code>" if config.data_dir else "the built-in suite"
-        return f"profile <b>{self.profile}</b>, {len(config.tasks)} tasks ({html.escape(', '.join(config.tasks))}) from {data}"
+        tasks = f"{len(config.tasks)} task{'s' if len(config.tasks) != 1 else ''}"
+        return f"profile <b>{self.profile}</b>, {tasks} ({html.escape(', '.join(config.tasks))}) from {data}"
 
     def _reference_note(self) -> str:
         own = f"<b>your runs</b> (solid): {self._own_setting()}; bars: min–max over your seeds; never averaged with the reference"
@@ -239,11 +249,15 @@ class ExpertCountExplorer:
                     f"only your own runs are drawn.<br>{own}")
         meta = self.reference.get("meta", {})
         differs = []
+        mine = RunConfig(profile=self.profile, **self.run_options).resolved()
         if meta.get("profile") not in (None, self.profile):
-            differs.append(f"profile {html.escape(str(meta['profile']))} against your {self.profile}")
-        own_tasks = list(RunConfig(profile=self.profile, **self.run_options).resolved().tasks)
-        if meta.get("tasks") and list(meta["tasks"]) != own_tasks:
+            differs.append(f"profile {html.escape(str(meta['profile']))}{_sizes_text(meta.get('sizes') or {})} against your "
+                           f"{self.profile}{_sizes_text(dataclasses.asdict(mine))}")
+        if meta.get("tasks") and list(meta["tasks"]) != list(mine.tasks):
             differs.append("other tasks")
+        theirs = experiments.PROFILES[meta["profile"]].objective if meta.get("profile") in experiments.PROFILES else None
+        if theirs is not None and theirs != mine.objective:
+            differs.append(f"objective {theirs} against your {mine.objective}")
         caveat = (f"<br>The two differ ({'; '.join(differs)}): compare the shapes of the curves, not their heights."
                   if differs else "")
         return f"{reference_caption(self.reference, self.reference_source)}<br>{own}{caveat}"

@@ -551,9 +551,13 @@ PROBE_PROMPTS = 16
 
 
 def spread(examples: Sequence, count: int) -> list:
-    """``count`` examples evenly spaced over the list (all of them if there are fewer)."""
-    step = max(1, len(examples) // count)
-    return list(examples[::step][:count])
+    """``count`` examples evenly spaced over the whole list (all of them if there are fewer):
+    index ⌊i·n/count⌋ for i < count. Test lists are grouped by task, so an integer step
+    (n // count, 1 for 192 → 128) would take the first ``count`` and leave the last tasks out."""
+    n = len(examples)
+    if n <= count:
+        return list(examples)
+    return [examples[i * n // count] for i in range(count)]
 
 
 def prompt_batches(tokenizer, examples, style: str, batch_size: int = 16) -> list[dict]:

@@ -278,8 +278,10 @@ def _routing(results, series) -> dict:
     for label, run in first_run_per_label(results).items():
         routed = [row for row in run.experts if row.get("load") is not None]
         for row in top_layers(routed, MAX_LOAD_PANELS):
-            load_rows += [{"layer": row["layer"], "block": row.get("block"), "method": label, "task": "held-out test",
-                           "expert": expert, "load": load} for expert, load in enumerate(row["load"])]
+            # per task where the analysis split it (its prompts carry their task), else one bar for all of them
+            by_task = row.get("load_by_task") or {"all test prompts": row["load"]}
+            load_rows += [{"layer": row["layer"], "block": row.get("block"), "method": label, "task": task,
+                           "expert": expert, "load": load} for task, loads in by_task.items() for expert, load in enumerate(loads)]
         entropy_rows += [{"label": label, "series": series[label], "layer": row["layer"], "block": row.get("block"),
                           "routing_entropy": row["routing_entropy"]} for row in routed if row.get("routing_entropy") is not None]
         top = top_layer([row for row in run.experts if row.get("load_by_task")])

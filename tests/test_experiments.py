@@ -155,3 +155,29 @@ def test_bad_run_configs_fail_before_any_work(fields, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         run_all([good, RunConfig(**{"method": "moe", **SMALL, **fields})], cache_dir=tmp_path, progress=False)
     assert not any(tmp_path.iterdir())  # checked before the first (good) run started
+
+
+@pytest.mark.parametrize("n, count", [(192, 128), (1000, 128), (129, 128), (600, 7), (10, 3)])
+def test_spread_covers_the_whole_list_evenly(n, count):
+    from omoe_lab.experiments import spread
+
+    picked = spread(list(range(n)), count)
+    assert len(picked) == count and picked == sorted(set(picked)) and picked[0] == 0
+    gaps = [b - a for a, b in zip(picked, picked[1:])]
+    assert max(gaps) - min(gaps) <= 1
+    assert picked[-1] >= n - math.ceil(n / count)  # reaches the end of the list
+
+
+def test_spread_sees_every_task_of_a_grouped_test_list():
+    """The ci profile's 192 test examples, 24 per task in 8 groups, 128 analysis prompts: the old
+    integer step (192 // 128 = 1) took the first 128, six of the eight tasks."""
+    from omoe_lab.experiments import spread
+
+    tasks = [f"task{i // 24}" for i in range(192)]
+    assert set(spread(tasks, 128)) == set(tasks)
+
+
+def test_spread_returns_everything_when_there_are_fewer():
+    from omoe_lab.experiments import spread
+
+    assert spread(["a", "b"], 5) == ["a", "b"]

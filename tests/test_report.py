@@ -566,3 +566,22 @@ def test_the_live_experts_sentence_never_says_more_than_all_of_them():
     assert findings.stiefel_sentence(pd.DataFrame(checked)).endswith(
         "within tolerance: the worst error is 1.00e-07 (tolerance 4.8e-06). Every expert was live (none redundant, "
         "no q set to 0) on every token, in the one layer.")
+
+
+def test_expert_load_is_drawn_per_task_where_the_analysis_split_it():
+    """The load bars had one category ("held-out test") although every run's rows carry ``load_by_task``."""
+    runs = _runs()
+    for run in runs:
+        for row in run.experts:
+            if row.get("load"):
+                row["load_by_task"] = {"boolq": [0.7, 0.1, 0.1, 0.1], "piqa": [0.1, 0.1, 0.1, 0.7]}
+    routing = next(s for s in build_report(runs, title="t", notes=None, environment=ENVIRONMENT).sections if s.anchor == "routing")
+    tasks = {x for trace in routing.data["load"].data for x in trace.x}
+    assert tasks == {"boolq", "piqa"}
+    boolq_expert0 = [y for trace in routing.data["load"].data if trace.name == "expert 0" for x, y in zip(trace.x, trace.y) if x == "boolq"]
+    assert boolq_expert0 and all(y == pytest.approx(0.7) for y in boolq_expert0)
+
+
+def test_expert_load_without_a_task_split_is_one_bar_for_all_prompts():
+    routing = next(s for s in build_report(_runs(), title="t", notes=None, environment=ENVIRONMENT).sections if s.anchor == "routing")
+    assert {x for trace in routing.data["load"].data for x in trace.x} == {"all test prompts"}

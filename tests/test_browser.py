@@ -82,13 +82,18 @@ def missing() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def browser_ready():
+def require_browser() -> None:
+    """Skip without Chromium or Playwright (with the reason), or fail under OMOE_LAB_REQUIRE_BROWSER=1."""
     reason = missing()
     if reason and os.environ.get("OMOE_LAB_REQUIRE_BROWSER") == "1":
         pytest.fail(f"OMOE_LAB_REQUIRE_BROWSER=1 but {reason}")
     if reason:
         pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser_ready():
+    require_browser()
     if not default_model_available():
         pytest.skip(f"the explorer's Run trains the default model, which is neither installed nor cached: {FIX_COMMAND}")
 

@@ -24,7 +24,6 @@ load it); the browser part also without Playwright or Chromium, unless ``OMOE_LA
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 import subprocess
 import sys
@@ -37,7 +36,7 @@ import pytest
 
 from omoe_lab.models import FIX_COMMAND, default_model_available
 from tests.notebook_support import ROOT, notebook_environment, shared_runs
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, missing
+from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, require_browser
 
 pytestmark = pytest.mark.slow
 
@@ -180,11 +179,7 @@ def test_lectures_show_their_outputs_with_exercises_unsolved_and_widgets_as_snap
 
 @pytest.fixture
 def chromium():
-    reason = missing()
-    if reason and os.environ.get("OMOE_LAB_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"OMOE_LAB_REQUIRE_BROWSER=1 but {reason}")
-    if reason:
-        pytest.skip(reason)
+    require_browser()
 
 
 def test_a_reader_opens_the_site_offline_in_chromium(built, chromium, tmp_path):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import html
+import os
 
 import numpy as np
 import plotly.graph_objects as go
@@ -623,7 +625,7 @@ def test_a_missing_or_broken_reference_leaves_a_note_and_the_explorer_works(tmp_
     assert set(traces_by_name(explorer.accuracy_figure)) == {"OMoE"}
 
 
-def test_run_options_reach_every_run_and_bad_ones_fail_at_once():
+def test_run_options_reach_every_run_and_bad_ones_fail_at_once(tmp_path):
     fake = FakeRuns()
     explorer = explorer_with(fake, reference=sweep_summary(), run_options={"tasks": ("ARC-Easy", "boolq"), "eval_per_task": 6})
     run_with(explorer, experts=2)
@@ -631,6 +633,12 @@ def test_run_options_reach_every_run_and_bad_ones_fail_at_once():
     assert (config.tasks, config.eval_per_task, config.num_experts, config.profile) == (("ARC-Easy", "boolq"), 6, 2, "ci")
     assert "2 tasks (ARC-Easy, boolq) from the built-in suite" in explorer.reference_note.value
     assert "other tasks" not in explorer.reference_note.value  # the reference's own tasks
+    data = tmp_path / "commonsense"
+    data.mkdir()
+    with_data = explorer_with(FakeRuns(), reference=sweep_summary(), run_options={"data_dir": str(data)})
+    shown = os.path.relpath(data, widgets.repository_root())
+    assert f"from data <code>{html.escape(shown)}</code>" in with_data.reference_note.value  # no absolute path
+    assert f"<code>{html.escape(str(data))}" not in with_data.reference_note.value
     with pytest.raises(ValueError, match="set by the controls"):
         explorer_with(FakeRuns(), run_options={"num_experts": 3})
     with pytest.raises(ValueError, match="unknown RunConfig fields"):

@@ -18,7 +18,7 @@ from ..adapters.config import ORTHOGONALIZE_MODES
 from ..experiments import RunConfig, RunResult
 from .live_figure import PANEL_WIDTH, LiveFigure, placeholder, redraw, side_by_side
 from .readouts import LABEL_STYLE, error_text, layer_metrics_html
-from .reference import OWN_GROUP, load_reference, reference_caption, reference_frame, reference_traces
+from .reference import OWN_GROUP, load_reference, reference_caption, reference_frame, reference_traces, shown_path
 
 METHOD_CHOICES = (("MoE-LoRA (vanilla)", "moe"), ("OMoE (Gram–Schmidt)", "omoe"), ("LoRA (rank E·r, the same budget)", "lora"))
 LORA_SERIES = "LoRA (rank E·r)"  # LoRA's line: drawn at the E whose A/B budget it has
@@ -235,7 +235,7 @@ class ExpertCountExplorer:
     def _own_setting(self) -> str:
         """What the learner's runs are: profile, tasks and data, in words."""
         config = RunConfig(profile=self.profile, **self.run_options).resolved()
-        data = f"data <code>{html.escape(str(config.data_dir))}</code>" if config.data_dir else "the built-in suite"
+        data = f"data <code>{html.escape(shown_path(config.data_dir))}</code>" if config.data_dir else "the built-in suite"
         tasks = f"{len(config.tasks)} task{'s' if len(config.tasks) != 1 else ''}"
         return f"profile <b>{self.profile}</b>, {tasks} ({html.escape(', '.join(config.tasks))}) from {data}"
 

@@ -22,6 +22,15 @@ def repository_root() -> Path:
     return Path(__file__).resolve().parents[2]
 
 
+def shown_path(path) -> str:
+    """``path`` as a learner would name it from the checkout: relative to the repository root
+    (``../shared/data/commonsense``), never an absolute path of this machine. A name that is no
+    path here (``"hub"``) is shown as given."""
+    import os
+
+    return os.path.relpath(Path(path).resolve(), repository_root()) if Path(path).exists() else str(path)
+
+
 def load_reference(reference) -> tuple[dict | None, str, str | None]:
     """``(summary, source, problem)`` of a sweep summary given as a loaded dict or a path.
 

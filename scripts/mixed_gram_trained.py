@@ -54,6 +54,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     config = RunConfig(**SETTING, data_dir=args.data_dir, seed=args.seed)
+    # read before the runs: the commit that ran, whatever is committed while they train
+    meta = {"code": provenance.code_identity(), "environment": provenance.environment(),
+            "data": provenance.data_hashes(config.tasks, args.data_dir), "command": " ".join(["python", *sys.argv])}
     model, tokenizer = load_model(config.resolved().model)
     with tempfile.TemporaryDirectory() as scratch:
         exact, _ = trained(config, False, model, tokenizer, Path(scratch))
@@ -63,8 +66,7 @@ def main() -> None:
     losses = [(a["loss"], b["loss"]) for a, b in zip(exact["history"], mixed["history"])]
     answers = list(zip(exact["metrics"]["correct"], mixed["metrics"]["correct"]))
     summary = {
-        "meta": {"code": provenance.code_identity(), "environment": provenance.environment(),
-                 "data": provenance.data_hashes(config.tasks, args.data_dir), "command": " ".join(["python", *sys.argv])},
+        "meta": meta,
         "config": exact["config"],
         "fallback": {"tokens": tokens, "fallback_tokens": fallback, "rate": fallback / tokens if tokens else None,
                      "layers": len(counts), "max_layer_rate": max((c["fallback_tokens"] / c["tokens"] for c in counts if c["tokens"]), default=None)},

@@ -1,22 +1,29 @@
-"""A learner's session in a real browser: JupyterLab, headless Chromium, notebook 05.
+"""A learner's session in a real browser: JupyterLab, headless Chromium, all seven notebooks.
 
-JupyterLab starts on 127.0.0.1 with a token (the ``ci`` profile and the notebook tests' shared run
-cache in its environment, so the run the explorer trains here is the one nbval replays, and the
-other way round). Chromium opens a copy of ``notebooks/05_how_many_experts.ipynb`` (autosave
-writes outputs into it, never into the repository), runs it with Run → Run All Cells (exercises
-unsolved: "not yet solved"), types exercise 5.1 into its cell wrongly (the checker's hint appears)
-and then rightly (its pass line appears), presses the explorer's Run button, moves the expert slider and runs again, and moves a slider of the
-Gram–Schmidt geometry widget. Everything asserted is read from the page: the plots' SVG and the
-figures plotly.js holds on their graph divs, the widgets' text. A page reload must show the same
-figures; no "no run(s) yet" placeholder may remain once a run is drawn; a JavaScript error in the
-console fails the test (``ALLOWED_CONSOLE_ERRORS`` lists the few messages that are not ours, each
-with its reason). Screenshots go to ``runs/browser-screenshots/`` (ignored by git).
+One JupyterLab server per module starts on 127.0.0.1 with a token (the ``ci`` profile and the
+notebook tests' shared run cache in its environment, so a run trained here is one nbval replays, and
+the other way round) and serves copies of ``notebooks/*.ipynb`` (autosave writes outputs into them,
+never into the repository). Each notebook opens in a workspace of its own and runs with Run → Run All
+Cells, exercises unsolved: no cell may show an error, every exercise must say "not yet solved" (the
+cells after it run on the reference solution), no "no run(s) yet" placeholder may remain, and at least
+``EXPECTED_FIGURES`` plotly figures must be on the page, every one drawn. Then a learner's action on
+each notebook's widgets: 01's ``LayerExplorer`` gets another layer (its progress bar counts the
+capture's batches and both panels redraw for that layer), 02's geometry widget gets "make e2 ∥ e1"
+(q2 becomes redundant). Notebook 05 has its own, longer session: it types exercise 5.1 into its cell
+wrongly (the checker's hint appears) and then rightly (its pass line appears), presses the explorer's
+Run button, moves the expert slider and runs again, moves a slider of the Gram–Schmidt geometry widget,
+and reloads the page, which must show the same figures. Everything asserted is read from the page: the
+plots' SVG and the figures plotly.js holds on their graph divs, the widgets' text. A JavaScript error in
+the console fails the test (``ALLOWED_CONSOLE_ERRORS`` lists the few messages that are not ours, each
+with its reason). Screenshots (the page after Run All, each figure, the widgets after each action) go
+to ``runs/browser-screenshots/<notebook>-*.png`` (ignored by git).
 
 Needs Debian's ``chromium`` (``apt-get install chromium``; ``.ci/run`` installs it through
 ``make browser``) and Playwright from PyPI (the ``dev`` extras); browser downloads such as
-``playwright install`` are not used. Skips, with the reason, without them or without the default
-model (the explorer's Run trains it) — unless ``OMOE_LAB_REQUIRE_BROWSER=1`` (set by ``.ci/run``),
-which turns a missing browser into a failure.
+``playwright install`` are not used. Skips, with the reason, without them, and skips a notebook that
+runs the default model (00, 01, 04, and 05, whose explorer trains it) when that model is neither
+installed nor cached — unless ``OMOE_LAB_REQUIRE_BROWSER=1`` (set by ``.ci/run``), which turns a
+missing browser into a failure.
 """
 from __future__ import annotations
 
@@ -375,22 +382,23 @@ def drawn_figures(page, expected: int) -> list[dict]:
 def change_layer(page, phase) -> None:
     """01's LayerExplorer: choose another layer; its bar counts the capture's batches, both panels redraw."""
     phase[0] = "LayerExplorer: another layer"
-    choose = page.locator(".widget-dropdown", has=page.locator("label", has_text=re.compile(r"^layer$"))).locator("select")
-    assert choose.count() == 1, "no LayerExplorer layer selector on the page"
-    explorer = page.locator(".jp-OutputArea-output", has=choose).first
+    explorer = page.locator(".jp-OutputArea-output", has_text="tokens sampled per layer")  # its heading
+    choose = explorer.locator(".widget-dropdown select")
+    assert explorer.count() == 1 and choose.count() == 1, "no LayerExplorer (or more than one) on the page"
     before = choose.input_value()
-    other = next(o for o in choose.locator("option").all_inner_texts() if o != choose.locator("option:checked").inner_text())
+    option = next(o for o in choose.locator("option").all_inner_texts() if o != choose.locator("option:checked").inner_text())
+    other = option.replace("\xa0", " ")  # ipywidgets draws an option's spaces as no-break spaces
     cka_before = figure(explorer, "^Linear CKA between experts")
     # every width the progress bar takes (a MutationObserver sees each redraw, however fast the capture)
     explorer.locator(".progress-bar").evaluate("""bar => {
         window.__widths = [bar.style.width];
         new MutationObserver(() => window.__widths.push(bar.style.width)).observe(bar, {attributes: true});
     }""")
-    choose.select_option(label=other)
+    choose.select_option(label=option)
     assert choose.input_value() != before
-    status = explorer.locator(".widget-html").filter(has_text="tokens")
-    wait_until(lambda: status.count() and other in status.first.inner_text() or "capture failed" in explorer.inner_text(), 600,
-               f"the capture of {other}", page)
+    measures = explorer.locator(".widget-html", has_text=f"{other} · ")  # the status line once the layer is measured
+    wait_until(lambda: measures.count() or "capture failed" in explorer.inner_text(), 300,
+               f"the capture of {other}", page, detail=lambda: explorer.inner_text()[:2000])
     assert "capture failed" not in explorer.inner_text(), explorer.inner_text()
     title = f"^Linear CKA between experts, {re.escape(other)}"
     wait_until(lambda: explorer.evaluate(FIGURE_JS, [title])["found"], 60, "the CKA panel to redraw", page)

@@ -2,10 +2,12 @@
 environment a notebook's kernel gets."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
 def shared_runs(tmp_path_factory) -> Path:
@@ -30,3 +32,9 @@ def notebook_environment(runs: Path) -> dict[str, str]:
     env = {**os.environ, "OMOE_LAB_PROFILE": "ci", "OMOE_LAB_RUNS": str(runs), "OMOE_LAB_SOLUTIONS": "1"}
     env.pop("OMOE_LAB_SWEEP", None)
     return env
+
+
+def needs_default_model(notebook: Path) -> bool:
+    """Whether a notebook loads the default model (02, 03 and 06 need none)."""
+    cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+    return any('load_model("default"' in "".join(cell["source"]) for cell in cells if cell["cell_type"] == "code")

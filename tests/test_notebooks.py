@@ -15,15 +15,12 @@ import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from omoe_lab.models import FIX_COMMAND, default_model_available
-from tests.notebook_support import notebook_environment, shared_runs
+from tests.notebook_support import NOTEBOOKS, ROOT, needs_default_model, notebook_environment, shared_runs
 
-ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 # Guards against a hung kernel, not a budget: 01_collapse's compare() cell trains its runs in one
 # cell (~8 min under ci on 2 cores), and a machine busy with other jobs can make that 3-4 times slower.
 CELL_TIMEOUT_S = 3600
@@ -41,11 +38,6 @@ def test_notebooks_are_committed_clean():
         dirty = [i for i, cell in enumerate(code) if cell.get("outputs") or cell.get("execution_count") is not None]
         assert not dirty, f"{path.name}: code cells {dirty} have stored outputs; clear them (see notebooks/README.md)"
         assert "widgets" not in notebook["metadata"], f"{path.name} stores widget state; clear it (see notebooks/README.md)"
-
-
-def needs_default_model(notebook: Path) -> bool:
-    cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
-    return any('load_model("default"' in "".join(cell["source"]) for cell in cells if cell["cell_type"] == "code")
 
 
 @pytest.mark.slow

@@ -731,6 +731,22 @@ def test_layer_explorer_shows_the_captured_similarity_and_routing(tokenizer, mon
     np.testing.assert_allclose(np.asarray(explorer.cka_figure.data[0].z), cka_matrix(expected.expert_outputs).numpy(), rtol=1e-6)
 
 
+def test_layer_explorer_counts_the_batches_of_a_capture(tokenizer):
+    # a capture runs the whole model on every batch: the bar and the status line say how far it is
+    explorer = widgets.LayerExplorer(tiny_model("omoe"), tokenizer, EXAMPLES, max_tokens=64, batch_size=2)
+    total = len(explorer.batches)
+    assert total == 3 and (explorer.progress.value, explorer.progress.max, explorer.progress.bar_style) == (total, total, "success")
+    seen = []
+    explorer.progress.observe(lambda change: seen.append((change["new"], explorer.status.value)), "value")
+    explorer.layer.value = "model.layers.0.self_attn.q_proj"
+    assert [value for value, _ in seen] == list(range(total + 1))  # reset, then one step per batch
+    assert all(f"L0 q_proj</b>: batch {value} of {total}" in status for value, status in seen[1:])  # the batch just captured
+    assert (explorer.progress.value, explorer.progress.bar_style) == (total, "success") and "Stiefel error" in explorer.status.value
+    seen.clear()
+    explorer.layer.value = "model.layers.1.self_attn.v_proj"  # seen before: no capture, the bar stays full
+    assert seen == [] and explorer.progress.value == total
+
+
 def test_layer_explorer_explains_undefined_measures_of_untrained_moe(tokenizer):
     # vanilla MoE-LoRA starts with B = 0: every expert outputs exactly zero
     explorer = widgets.LayerExplorer(tiny_model("moe"), tokenizer, EXAMPLES[:2], max_tokens=32)

@@ -66,7 +66,9 @@ class LayerExplorer:
     (``analysis.layer_diversity``), routing load per task and entropy, and keeps only those:
     returning to a layer costs nothing, and memory does not grow with the layers visited. The
     top adapted layer (the one the runs' t-SNE maps) is shown first. The heading names the model
-    shown (``label``, by default the adapters' configuration, ``adapter_label``).
+    shown (``label``, by default the adapters' configuration, ``adapter_label``). A capture runs
+    the whole model on every batch (seconds to a minute on a CPU): ``progress`` counts its batches
+    and ``status`` names the phase and the layer.
     """
 
     def __init__(self, model, tokenizer, examples, max_tokens: int = 512, *, prompt_style: str = "cloze",
@@ -94,11 +96,13 @@ class LayerExplorer:
             value=top, description="layer", style=LABEL_STYLE,
         )
         self.status = widgets.HTML("")
+        self.progress = widgets.IntProgress(value=0, min=0, max=len(self.batches), description="",
+                                            layout=widgets.Layout(width="160px"))
         self.cka_plot = LiveFigure(placeholder("CKA between experts", ""), height=440, width=PANEL_WIDTH)
         self.routing_plot = LiveFigure(placeholder("Expert load per task", ""), height=440, width=PANEL_WIDTH)
         self.layer.observe(lambda change: self.show(change["new"]), "value")
         self.widget = widgets.VBox([
-            self.heading, self.layer, self.status, side_by_side(self.cka_plot.widget, self.routing_plot.widget),
+            self.heading, self.layer, widgets.HBox([self.progress, self.status]), side_by_side(self.cka_plot.widget, self.routing_plot.widget),
         ])
         self.show(top)
 
@@ -134,7 +138,8 @@ class LayerExplorer:
         ``undefined`` (measure → why it does not exist here)."""
         if name in self.analyses:
             return self.analyses[name]
-        captured = capture_experts(self.model, self.batches, layers=[name], max_tokens=self.max_tokens, seed=self.seed, progress=False)
+        captured = capture_experts(self.model, self._counted(name), layers=[name], max_tokens=self.max_tokens, seed=self.seed,
+                                   progress=False)
         layer = captured.layers[name]
         outputs, undefined = layer.expert_outputs, {}
         row = {"layer": name, "block": layer.layer_index, "method": layer.method, "experts": layer.num_experts,
@@ -156,6 +161,17 @@ class LayerExplorer:
         self.analyses[name] = row
         return row
 
+    def _counted(self, name: str):
+        """``batches``, advancing ``progress`` and the status line as each one is captured."""
+        label = html.escape(viz.layer_label(name, self.model.get_submodule(name).layer_index))
+        total = len(self.batches)
+        self.progress.max, self.progress.value, self.progress.bar_style = total, 0, "info"
+        for index, batch in enumerate(self.batches):
+            self.status.value = f"capturing the expert outputs of <b>{label}</b>: batch {index + 1} of {total} …"
+            yield batch
+            self.progress.value = index + 1
+        self.status.value = f"measuring the captured outputs of <b>{label}</b> …"
+
     def show(self, name: str) -> None:
         """Draw one layer (capturing it first if it has not been)."""
         label = viz.layer_label(name, self.model.get_submodule(name).layer_index)
@@ -164,10 +180,12 @@ class LayerExplorer:
         try:
             row = self.analyse(name)
         except Exception as error:  # a capture failure is shown, not raised into the notebook
+            self.progress.bar_style = "danger"
             self.status.value = f"<b>{html.escape(label)}</b>: capture failed: {error_text(error)}"
             redraw(self.cka_plot, placeholder(f"CKA between experts, {label}", "capture failed"))
             redraw(self.routing_plot, placeholder(f"Expert load per task, {label}", "capture failed"))
             return
+        self.progress.value, self.progress.bar_style = self.progress.max, "success"
         self.status.value = layer_metrics_html(row)
         if "cka" in row:
             redraw(self.cka_plot, viz.set_title(viz.cka_heatmap(row["cka"]), f"Linear CKA between experts, {label}", model))

@@ -376,6 +376,8 @@ def fit_layout(fig: go.Figure, width: int | None = None, height: int | None = No
     legend goes under the plot when it is long or the figure narrow; facet and subplot titles
     wrap to their panel. Call it again after resizing a figure: it starts from the unwrapped texts."""
     fig.update_layout({name: size for name, size in (("width", width), ("height", height)) if size is not None})
+    if fig.layout.height is None:  # JupyterLab would draw it 360 px high, a page 450: one size everywhere,
+        fig.update_layout(height=DEFAULT_HEIGHT + _tick_label_room(fig))  # and slanted labels take none of the plot's
     room = (fig.layout.width or OUTPUT_AREA_WIDTH) - 2 * TEMPLATE.layout.title.pad.l
     title = wrap_text(fig.layout.title.text, room, TITLE_SIZE) if fig.layout.title.text else None
     subtitle = wrap_text(fig.layout.title.subtitle.text, room, SUBTITLE_SIZE) if fig.layout.title.subtitle.text else None
@@ -386,10 +388,28 @@ def fit_layout(fig: go.Figure, width: int | None = None, height: int | None = No
     return fig
 
 
+def _tick_label_room(fig: go.Figure) -> float:
+    """px that slanted category labels under the plot take from its height (0 when they stand level).
+
+    plotly.js slants an x axis's category labels once they are wider, together, than the axis
+    (``automargin`` then grows the bottom margin by about half the longest label); one panel's
+    labels are counted against that panel's share of the width."""
+    plot_width = (fig.layout.width or OUTPUT_AREA_WIDTH) - _margin(fig, "l") - _margin(fig, "r")
+    room = 0.0
+    for axis in fig.select_xaxes():
+        name = "x" + axis.plotly_name[len("xaxis"):]
+        labels = {str(v) for t in fig.data if (getattr(t, "xaxis", None) or "x") == name and t.x is not None
+                  for v in t.x if isinstance(v, str)}
+        low, high = axis.domain or (0, 1)
+        if labels and sum(text_width(label) + 8 for label in labels) > (high - low) * plot_width:
+            room = max(room, 0.6 * max(text_width(label) for label in labels))
+    return room
+
+
 def _wrap_axis_titles(fig: go.Figure) -> None:
     """Axis titles longer than their axis run into the figure's title: they wrap onto more lines."""
     plot_width = (fig.layout.width or OUTPUT_AREA_WIDTH) - _margin(fig, "l") - _margin(fig, "r")
-    plot_height = (fig.layout.height or DEFAULT_HEIGHT) - _margin(fig, "t") - _margin(fig, "b")
+    plot_height = (fig.layout.height or DEFAULT_HEIGHT) - _margin(fig, "t") - _margin(fig, "b") - _tick_label_room(fig)
     for axes, length in ((fig.select_xaxes(), plot_width), (fig.select_yaxes(), plot_height)):
         for axis in axes:
             if axis.title.text:

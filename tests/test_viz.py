@@ -490,3 +490,18 @@ def test_heatmap_axes_take_no_length_from_each_other():
     for fig in (viz.cka_heatmap(np.eye(3)), viz.specialization_heatmap(_routed_run())):
         for axis in (fig.layout.xaxis, fig.layout.yaxis):
             assert axis.scaleanchor is None and axis.constrain is None
+
+
+def test_every_figure_has_one_height_and_slanted_labels_take_none_of_the_plot():
+    """JupyterLab draws a figure without a height 360 px high (a page, 450): 01's Stiefel figure, 14 layer
+    names slanted under it, kept 170 px of plot for a 214-px axis title, and its 8-task legend scrolled."""
+    import pandas as pd
+
+    layers = [f"L{block} {name}" for block in (28, 29) for name in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")]
+    slanted = viz.stiefel_error_by_layer(pd.DataFrame({"layer": layers, "method": "omoe", "error": 3e-8}), tol=4.8e-6)
+    room = 0.6 * max(viz.text_width(name) for name in layers)
+    assert slanted.layout.height == pytest.approx(viz.DEFAULT_HEIGHT + room)
+    plot = slanted.layout.height - slanted.layout.margin.t - viz.TEMPLATE.layout.margin.b - room
+    assert viz.text_width(slanted.layout.yaxis.title.text.split("<br>")[0]) <= plot
+    level = viz.stiefel_error_by_layer(pd.DataFrame({"layer": ["L1", "L2"], "method": "omoe", "error": 3e-8}))
+    assert level.layout.height == viz.DEFAULT_HEIGHT  # two short labels stand level

@@ -188,6 +188,9 @@ def setting(figure: go.Figure, *path):
     return None
 
 
+SMALL_LINE = re.compile(r'<span style="font-size:(\d+)px')
+
+
 def lines(text: str | None) -> list[str]:
     return [re.sub(r"<[^>]+>", "", line) for line in re.split(r"<br\s*/?>", text, flags=re.I)] if text else []
 
@@ -222,14 +225,18 @@ def check(name: str, figure: go.Figure) -> list[str]:
     elif "<sub>" in title or ("<br" in title and automargin):
         problems.append(f"title written as '<br><sub>' lines, whose first line plotly.js draws out of sight: {title!r}")
     size = setting(figure, "title", "font", "size") or 17
-    if any(text_px(line, size) > figure_width(figure) for line in lines(title)):
+    # a live panel writes its subtitle as the title's last lines, each in a smaller span (widgets.live_figure.fit)
+    small = [int(m.group(1)) if (m := SMALL_LINE.match(line)) else None for line in re.split(r"<br\s*/?>", title or "")]
+    if any(text_px(line, font or size) > figure_width(figure) for line, font in zip(lines(title), small)):
         problems.append(f"title wider than the {figure_width(figure):.0f}-px figure: {title!r}")
+    subtitle_lines = len(lines(subtitle)) + sum(font is not None for font in small)
     if title:
         y, yref, yanchor = setting(figure, "title", "y"), setting(figure, "title", "yref"), setting(figure, "title", "yanchor")
         pad = setting(figure, "title", "pad", "t") or 0
         if not (yref == "container" and yanchor == "top" and y == 1 and pad >= TOOLBAR):
             problems.append(f"title not placed below the toolbar (y {y}, yref {yref}, yanchor {yanchor}, pad.t {pad})")
-        needed = TOOLBAR + TITLE_LINE * len(lines(title)) + SUBTITLE_LINE * len(lines(subtitle)) + ON_PLOT * stands_on_plot(figure)
+        title_lines = len(lines(title)) - sum(font is not None for font in small)
+        needed = TOOLBAR + TITLE_LINE * title_lines + SUBTITLE_LINE * subtitle_lines + ON_PLOT * stands_on_plot(figure)
         if setting(figure, "margin", "t") < needed:
             problems.append(f"top margin {setting(figure, 'margin', 't')} px for {needed} px of toolbar, title and what stands on the plot")
     if figure.layout.width is not None and figure.layout.width > OUTPUT_AREA:

@@ -9,6 +9,7 @@ that wraps when JupyterLab's output area is narrower than they are.
 from __future__ import annotations
 
 import copy
+import re
 
 import ipywidgets as widgets
 import plotly.graph_objects as go
@@ -48,7 +49,7 @@ class LiveFigure:
 
     def __init__(self, figure: go.Figure, **size):
         self.size = size
-        viz.fit_layout(figure, **size)
+        fit(figure, **size)
         try:
             self.figure = go.FigureWidget(figure)
             self.widget, self.live = self.figure, True
@@ -58,7 +59,7 @@ class LiveFigure:
 
     def show(self, figure: go.Figure) -> None:
         """Replace what is drawn by ``figure`` (which is resized, not copied: templates are slow to copy)."""
-        viz.fit_layout(figure, **self.size)
+        fit(figure, **self.size)
         if not self.live:
             self.figure = figure
             self._render()
@@ -78,7 +79,7 @@ class LiveFigure:
     def update(self, figure: go.Figure) -> None:
         """Like ``show``, but edits the drawn traces in place when ``figure`` has the same kinds of
         traces in the same order (every property it sets is sent; the template is not)."""
-        viz.fit_layout(figure, **self.size)
+        fit(figure, **self.size)
         if not self.live or [t.type for t in self.figure.data] != [t.type for t in figure.data]:
             self.show(figure)
             return
@@ -104,6 +105,27 @@ class LiveFigure:
         bundle = pio.renderers["plotly_mimetype"].to_mimebundle(self.figure.to_dict())
         bundle["text/plain"] = f"<plotly figure: {self.figure.layout.title.text or 'untitled'}>"
         self.widget.outputs = ({"output_type": "display_data", "data": bundle, "metadata": {}},)
+
+
+SUBTITLE_LINE = f'<span style="font-size:{viz.SUBTITLE_SIZE}px;color:#555555">'  # opens each subtitle line in a title
+
+
+def fit(figure: go.Figure, **size) -> go.Figure:
+    """``viz.fit_layout``, then the subtitle written as the title's smaller last lines.
+
+    plotly.js places a subtitle under its title's measured box, and a widget's figure is first drawn
+    before it is on the page, where every box measures 0: the subtitle landed above the title, over
+    it when it wrapped. Lines of the title itself are placed in em, without measuring. ``fit_layout``
+    has sized the top margin for the subtitle, which holds these lines too. A figure fitted once is
+    left as it is (``fit_layout`` would re-wrap those lines into the title's)."""
+    if SUBTITLE_LINE in (figure.layout.title.text or ""):
+        return figure
+    viz.fit_layout(figure, **size)
+    subtitle = figure.layout.title.subtitle.text
+    if subtitle:
+        small = "<br>".join(f"{SUBTITLE_LINE}{line}</span>" for line in re.split(r"<br\s*/?>", subtitle))
+        figure.update_layout(title=dict(text=f"{figure.layout.title.text or ''}<br>{small}", subtitle=dict(text=None)))
+    return figure
 
 
 def stale_layout_paths(old: dict, new: dict, prefix: str = ""):
@@ -143,7 +165,7 @@ def redraw(plot: LiveFigure, figure: go.Figure) -> None:
     if not plot.live or not plot.figure.data or figure.data:
         (plot.update if heatmaps else plot.show)(figure)
         return
-    viz.fit_layout(figure, **plot.size)
+    fit(figure, **plot.size)
     stale = {path: [] if isinstance(value, (list, tuple)) else None
              for path, value in stale_layout_paths(plot.figure.layout.to_plotly_json(), figure.layout.to_plotly_json())}
     if stale:

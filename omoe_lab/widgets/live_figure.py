@@ -107,7 +107,8 @@ class LiveFigure:
         self.widget.outputs = ({"output_type": "display_data", "data": bundle, "metadata": {}},)
 
 
-SUBTITLE_LINE = f'<span style="font-size:{viz.SUBTITLE_SIZE}px;color:#555555">'  # opens each subtitle line in a title
+# opens each subtitle line written into a title: the template's subtitle font
+SUBTITLE_LINE = f'<span style="font-size:{viz.SUBTITLE_SIZE}px;color:{viz.TEMPLATE.layout.title.subtitle.font.color}">'
 
 
 def fit(figure: go.Figure, **size) -> go.Figure:

@@ -424,6 +424,16 @@ def align_experts(page, phase) -> None:
     shot(panel, "02_gram_schmidt-geometry-after-align")
 
 
+def open_and_run_all(page, lab: Lab, notebook: Path, phase: list[str], timings: dict[str, float], started: float) -> None:
+    """Open ``notebook``'s copy and Run All, as every test here begins; ``timings`` gets "open" and "run all"."""
+    open_notebook(page, lab, notebook.name)
+    timings["open"] = time.monotonic() - started
+    phase[0] = "Run All Cells"
+    cells = json.loads((lab.folder / notebook.name).read_text(encoding="utf-8"))["cells"]
+    run_all(page, sum(cell["cell_type"] == "code" for cell in cells), RUN_ALL_TIMEOUT_S.get(notebook.stem, NOTEBOOK_TIMEOUT_S))
+    timings["run all"] = time.monotonic() - started
+
+
 # what a learner does with each notebook's widgets after Run All
 INTERACTIONS = {"01_collapse": change_layer, "02_gram_schmidt": align_experts}
 
@@ -440,11 +450,7 @@ def test_a_learner_runs_the_notebook_in_jupyterlab(notebook, jupyter_lab, tmp_pa
     started = time.monotonic()
     with learner_page(tmp_path / "chromium-profile") as (page, messages, phase):
         try:
-            open_notebook(page, jupyter_lab, notebook.name)
-            timings["open"] = time.monotonic() - started
-            phase[0] = "Run All Cells"
-            run_all(page, len(code), RUN_ALL_TIMEOUT_S.get(notebook.stem, NOTEBOOK_TIMEOUT_S))
-            timings["run all"] = time.monotonic() - started
+            open_and_run_all(page, jupyter_lab, notebook, phase, timings, started)
             shown = outputs_text(page)
             unsolved = [e for e in exercises if f"not yet solved: Exercise {e}" not in shown]
             assert not unsolved, f"Run All did not show exercises {unsolved} as not yet solved"
@@ -467,18 +473,11 @@ def test_a_learner_runs_the_notebook_in_jupyterlab(notebook, jupyter_lab, tmp_pa
 
 def test_a_learner_runs_notebook_05_in_jupyterlab(jupyter_lab, tmp_path):
     require_model(NOTEBOOK)
-    copy = jupyter_lab.folder / NOTEBOOK.name
-    code_cells = sum(cell["cell_type"] == "code" for cell in json.loads(copy.read_text())["cells"])
     timings: dict[str, float] = {}
     started = time.monotonic()
     with learner_page(tmp_path / "chromium-profile") as (page, messages, phase):
         try:
-            open_notebook(page, jupyter_lab, NOTEBOOK.name)
-            timings["open"] = time.monotonic() - started
-
-            phase[0] = "Run All Cells"
-            run_all(page, code_cells, NOTEBOOK_TIMEOUT_S)
-            timings["run all"] = time.monotonic() - started
+            open_and_run_all(page, jupyter_lab, NOTEBOOK, phase, timings, started)
 
             # Exercise 5.1 as a learner meets it (the server runs with solutions off): "not yet solved" after Run All;
             # then typed into its cell, first wrongly (the checker's case and hint appear), then rightly (the pass line)
